@@ -1,0 +1,11 @@
+"""e3pot: E(3)-equivariant machine-learned interatomic potentials."""
+__version__ = "0.1.0"
+
+from e3pot.data.graph import AtomicGraph, Labels, collate  # noqa: E402
+from e3pot.model.forces import Prediction, evaluate  # noqa: E402
+from e3pot.model.io import load_model, save_model  # noqa: E402
+from e3pot.model.potential import E3Potential  # noqa: E402
+from e3pot.predict import predict  # noqa: E402
+
+__all__ = ["AtomicGraph", "Labels", "collate", "Prediction", "evaluate", "load_model", "save_model",
+           "E3Potential", "predict", "__version__"]

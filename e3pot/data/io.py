@@ -1,0 +1,171 @@
+"""Reading structures and their labels from ASE-readable files and rMD17-style npz.
+
+Every frame is checked on read, and errors name the file, the frame and what is wrong.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from e3pot.data.units import energy_factor, length_factor, stress_factor
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and the frame."""
+
+
+@dataclass
+class Frame:
+    numbers: np.ndarray  # (n_atoms,) int atomic numbers
+    positions: np.ndarray  # (n_atoms, 3) Å
+    cell: np.ndarray  # (3, 3) Å
+    pbc: np.ndarray  # (3,) bool
+    energy: Optional[float] = None  # eV
+    forces: Optional[np.ndarray] = None  # (n_atoms, 3) eV/Å
+    stress: Optional[np.ndarray] = None  # (3, 3) eV/Å^3, ASE sign convention
+    source: str = "?"  # "file, frame k" for error messages
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.numbers)
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """Where labels are found and in which units. ``None`` keys mean the format's default."""
+
+    energy_key: Optional[str] = None
+    forces_key: Optional[str] = None
+    stress_key: Optional[str] = None
+    energy_unit: str = "eV"
+    length_unit: str = "Å"
+    stress_unit: Optional[str] = None  # None: energy_unit / length_unit^3
+
+
+def check_frame(frame: Frame, require: Sequence[str] = ()) -> Frame:
+    """Raise :class:`DataError` for non-finite values, missing labels or a periodic zero cell."""
+    where = frame.source
+    if frame.n_atoms == 0:
+        raise DataError(f"{where}: structure has no atoms")
+    for name in ("positions", "energy", "forces", "stress"):
+        value = getattr(frame, name)
+        if value is not None and not np.all(np.isfinite(value)):
+            raise DataError(f"{where}: {name} contain NaN or inf")
+    if np.any(frame.pbc):
+        lengths = np.linalg.norm(frame.cell, axis=1)
+        if np.any(lengths[frame.pbc] < 1e-8) or abs(np.linalg.det(frame.cell)) < 1e-8:
+            raise DataError(
+                f"{where}: periodic boundaries pbc={frame.pbc.tolist()} but the cell is zero or "
+                f"degenerate (cell lengths {np.round(lengths, 4).tolist()} Å)"
+            )
+    for name in require:
+        if getattr(frame, name) is None:
+            raise DataError(f"{where}: no {name} label, but the loss needs it (see the data *_key options)")
+    if frame.forces is not None and frame.forces.shape != (frame.n_atoms, 3):
+        raise DataError(f"{where}: forces have shape {frame.forces.shape}, expected ({frame.n_atoms}, 3)")
+    return frame
+
+
+def iter_frames(path: str, labels: LabelSpec = LabelSpec(), index: str = ":",
+                require: Sequence[str] = ()) -> Iterator[Frame]:
+    """Yield checked frames from ``path`` one at a time, converted to eV and Å."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such data file: {path}")
+    if path.endswith(".npz"):
+        yield from _iter_npz(path, labels, require)
+        return
+    import ase.io
+
+    try:
+        iterator = ase.io.iread(path, index=index)
+        for k, atoms in enumerate(iterator):
+            yield check_frame(frame_from_atoms(atoms, labels, source=f"{path}, frame {k}"), require)
+    except DataError:
+        raise
+    except Exception as exc:  # ASE raises many types for unreadable files
+        raise DataError(f"{path}: cannot read structures ({type(exc).__name__}: {exc})") from exc
+
+
+def read_frames(path: str, labels: LabelSpec = LabelSpec(), index: str = ":",
+                require: Sequence[str] = ()) -> list[Frame]:
+    frames = list(iter_frames(path, labels, index, require))
+    if not frames:
+        raise DataError(f"{path}: contains no structures")
+    return frames
+
+
+def _result(atoms, key: str, per_atom: bool):
+    calc = atoms.calc
+    if calc is not None and key in getattr(calc, "results", {}):
+        return calc.results[key]
+    table = atoms.arrays if per_atom else atoms.info
+    return table.get(key)
+
+
+def frame_from_atoms(atoms, labels: LabelSpec = LabelSpec(), source: str = "?") -> Frame:
+    """Convert an ``ase.Atoms`` (with labels in its calculator, ``info`` or ``arrays``)."""
+    e_f = energy_factor(labels.energy_unit)
+    l_f = length_factor(labels.length_unit)
+    energy = _result(atoms, labels.energy_key or "energy", per_atom=False)
+    forces = _result(atoms, labels.forces_key or "forces", per_atom=True)
+    stress = _result(atoms, labels.stress_key or "stress", per_atom=False)
+    if stress is not None:
+        stress = np.asarray(stress, dtype=float)
+        if stress.shape == (6,):
+            from ase.stress import voigt_6_to_full_3x3_stress
+
+            stress = voigt_6_to_full_3x3_stress(stress)
+        elif stress.size == 9:
+            stress = stress.reshape(3, 3)
+        else:
+            raise DataError(f"{source}: stress has shape {stress.shape}, expected (6,) or (3, 3)")
+        stress = stress * stress_factor(labels.stress_unit, labels.energy_unit, labels.length_unit)
+    return Frame(
+        numbers=np.asarray(atoms.numbers, dtype=np.int64),
+        positions=np.asarray(atoms.positions, dtype=float) * l_f,
+        cell=np.asarray(atoms.cell.array, dtype=float) * l_f,
+        pbc=np.asarray(atoms.pbc, dtype=bool),
+        energy=None if energy is None else float(np.asarray(energy).reshape(())) * e_f,
+        forces=None if forces is None else np.asarray(forces, dtype=float) * (e_f / l_f),
+        stress=stress,
+        source=source,
+    )
+
+
+def _npz_get(data, path: str, keys: Sequence[str], what: str, required: bool):
+    for key in keys:
+        if key in data.files:
+            return data[key]
+    if required:
+        raise DataError(f"{path}: no {what} array (looked for {', '.join(map(repr, keys))}; "
+                        f"the file has {', '.join(data.files)})")
+    return None
+
+
+def _iter_npz(path: str, labels: LabelSpec, require: Sequence[str]) -> Iterator[Frame]:
+    """rMD17-style npz: ``coords`` (n_frames, n_atoms, 3), ``nuclear_charges``, ``energies``, ``forces``."""
+    e_f = energy_factor(labels.energy_unit)
+    l_f = length_factor(labels.length_unit)
+    with np.load(path) as data:
+        coords = _npz_get(data, path, ["coords", "R"], "coordinates", True)
+        numbers = _npz_get(data, path, ["nuclear_charges", "z"], "atomic numbers", True)
+        energies = _npz_get(data, path, [labels.energy_key] if labels.energy_key else ["energies", "E"],
+                            "energy", "energy" in require)
+        forces = _npz_get(data, path, [labels.forces_key] if labels.forces_key else ["forces", "F"],
+                          "forces", "forces" in require)
+    numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
+    if coords.ndim != 3 or coords.shape[1:] != (len(numbers), 3):
+        raise DataError(f"{path}: coordinates have shape {coords.shape}, expected (n_frames, {len(numbers)}, 3)")
+    for k in range(coords.shape[0]):
+        yield check_frame(Frame(
+            numbers=numbers,
+            positions=coords[k].astype(float) * l_f,
+            cell=np.zeros((3, 3)),
+            pbc=np.zeros(3, dtype=bool),
+            energy=None if energies is None else float(np.asarray(energies[k]).reshape(())) * e_f,
+            forces=None if forces is None else forces[k].astype(float) * (e_f / l_f),
+            source=f"{path}, frame {k}",
+        ), require)

@@ -1,0 +1,81 @@
+"""Radius graphs from a neighbour-list library (vesin), periodic images included."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from ase.data import chemical_symbols
+
+from e3pot.data.graph import AtomicGraph, Labels
+from e3pot.data.io import DataError, Frame
+
+
+class SpeciesMap:
+    """Maps atomic numbers to the model's species indices; unknown elements raise by name."""
+
+    def __init__(self, atomic_numbers: Sequence[int]):
+        self.atomic_numbers = [int(z) for z in atomic_numbers]
+        self._table = np.full(119, -1, dtype=np.int64)
+        self._table[self.atomic_numbers] = np.arange(len(self.atomic_numbers))
+
+    def __call__(self, numbers: np.ndarray, source: str = "?") -> np.ndarray:
+        idx = self._table[numbers]
+        if np.any(idx < 0):
+            unknown = sorted({chemical_symbols[z] for z in numbers[idx < 0]})
+            known = ", ".join(chemical_symbols[z] for z in self.atomic_numbers)
+            raise DataError(f"{source}: element(s) {', '.join(unknown)} not known to the model "
+                            f"(trained on {known})")
+        return idx
+
+
+def neighbor_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r_max: float):
+    """Full neighbour list within ``r_max``: (receiver i, sender j, integer shift S).
+
+    Edge vectors are ``positions[j] - positions[i] + S @ cell``. Cells smaller than ``2 r_max``
+    are handled (several images of the same atom appear as separate edges).
+    """
+    import vesin
+
+    nl = vesin.NeighborList(cutoff=float(r_max), full_list=True)
+    box = cell if np.any(pbc) else np.zeros((3, 3))
+    i, j, shifts = nl.compute(positions, box, np.asarray(pbc, dtype=bool).tolist(), "ijS")
+    return i.astype(np.int64), j.astype(np.int64), shifts.astype(np.float64)
+
+
+def frame_to_graph(frame: Frame, species: SpeciesMap, r_max: float) -> AtomicGraph:
+    """Build the graph of one structure (float64; cast when batching for the model)."""
+    pos = np.ascontiguousarray(frame.positions, dtype=np.float64)
+    cell = np.asarray(frame.cell, dtype=np.float64)
+    pbc = np.asarray(frame.pbc, dtype=bool)
+    i, j, shifts = neighbor_list(pos, cell, pbc, r_max)
+    return AtomicGraph(
+        positions=torch.from_numpy(pos),
+        species=torch.from_numpy(species(frame.numbers, frame.source)),
+        edge_index=torch.from_numpy(np.stack([j, i])),
+        edge_shift=torch.from_numpy(shifts @ cell),
+        batch=torch.zeros(frame.n_atoms, dtype=torch.long),
+        cell=torch.from_numpy(cell if pbc.any() else np.zeros((3, 3))).unsqueeze(0),
+        pbc=torch.from_numpy(pbc).unsqueeze(0),
+    )
+
+
+def frame_to_labels(frame: Frame) -> Labels:
+    nan = float("nan")
+    return Labels(
+        energy=torch.tensor([nan if frame.energy is None else frame.energy], dtype=torch.float64),
+        forces=torch.from_numpy(frame.forces) if frame.forces is not None
+        else torch.full((frame.n_atoms, 3), nan, dtype=torch.float64),
+        stress=torch.from_numpy(frame.stress).unsqueeze(0) if frame.stress is not None
+        else torch.full((1, 3, 3), nan, dtype=torch.float64),
+        n_atoms=torch.tensor([frame.n_atoms]),
+    )
+
+
+def atoms_to_graph(atoms, species: SpeciesMap, r_max: float, source: str = "structure") -> AtomicGraph:
+    """Graph of an ``ase.Atoms`` without reading its labels (for prediction)."""
+    from e3pot.data.io import check_frame
+
+    frame = Frame(numbers=np.asarray(atoms.numbers, dtype=np.int64), positions=atoms.positions,
+                  cell=atoms.cell.array, pbc=np.asarray(atoms.pbc, dtype=bool), source=source)
+    return frame_to_graph(check_frame(frame), species, r_max)

@@ -1,0 +1,101 @@
+"""The potential: embed -> interact x N -> read out -> scale/shift per atom.
+
+Total energy is the sum of the per-atom energies; forces and stress come from
+:mod:`e3pot.model.forces`, never from a separate head.
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+from e3nn import o3
+from torch import Tensor, nn
+
+from e3pot.data.graph import AtomicGraph
+from e3pot.nn.interaction import Interaction
+from e3pot.nn.radial import RadialEmbedding
+
+
+def hidden_irreps(num_features: int, l_max: int, parity: bool) -> o3.Irreps:
+    """``num_features`` channels of every l <= l_max; both parities when ``parity``, else (-1)^l only."""
+    parts = []
+    for l in range(l_max + 1):
+        for p in ((1, -1) if parity else ((-1) ** l,)):
+            parts.append((num_features, (l, p)))
+    return o3.Irreps(parts).sort().irreps.simplify()
+
+
+class E3Potential(nn.Module):
+    """NequIP-style E(3)-equivariant interatomic potential.
+
+    Args:
+        atomic_numbers: the elements the model knows, in species-index order.
+        r_max: cutoff radius in Å.
+        l_max: highest spherical-harmonic order of edges and features.
+        num_features: channels per irrep in the hidden features.
+        num_layers: number of interaction blocks.
+        num_basis: number of Bessel radial basis functions.
+        cutoff_p: exponent of the polynomial cutoff envelope.
+        radial_hidden, radial_layers: width and depth of each radial MLP.
+        parity: keep features of both parities for every l (full O(3) features).
+        avg_num_neighbors: fitted on the training data; normalises neighbour sums.
+        energy_shift: per-species energy in eV (fitted E0s), in ``atomic_numbers`` order.
+        energy_scale: eV, multiplies the network output (fitted force RMS).
+    """
+
+    def __init__(self, atomic_numbers: List[int], r_max: float = 5.0, l_max: int = 2, num_features: int = 32,
+                 num_layers: int = 4, num_basis: int = 8, cutoff_p: int = 6, radial_hidden: int = 64,
+                 radial_layers: int = 2, parity: bool = True, avg_num_neighbors: float = 1.0,
+                 energy_shift: Optional[List[float]] = None, energy_scale: float = 1.0):
+        super().__init__()
+        if len(atomic_numbers) == 0 or len(set(atomic_numbers)) != len(atomic_numbers):
+            raise ValueError(f"atomic_numbers must be non-empty and unique, got {atomic_numbers}")
+        if r_max <= 0 or l_max < 0 or num_layers < 1 or num_features < 1:
+            raise ValueError(f"invalid sizes: r_max={r_max}, l_max={l_max}, num_layers={num_layers}, "
+                             f"num_features={num_features}")
+        n_species = len(atomic_numbers)
+        if energy_shift is not None and len(energy_shift) != n_species:
+            raise ValueError(f"energy_shift has {len(energy_shift)} entries for {n_species} species")
+        self.config = dict(atomic_numbers=[int(z) for z in atomic_numbers], r_max=float(r_max), l_max=l_max,
+                           num_features=num_features, num_layers=num_layers, num_basis=num_basis,
+                           cutoff_p=cutoff_p, radial_hidden=radial_hidden, radial_layers=radial_layers,
+                           parity=parity, avg_num_neighbors=float(avg_num_neighbors))
+        self.atomic_numbers = list(self.config["atomic_numbers"])
+        self.r_max = float(r_max)
+        self.num_species = n_species
+
+        self.irreps_sh = o3.Irreps.spherical_harmonics(l_max)
+        self.sh = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
+        self.radial = RadialEmbedding(r_max, num_basis, cutoff_p)
+        self.embedding = o3.Linear(o3.Irreps(f"{n_species}x0e"), o3.Irreps(f"{num_features}x0e"))
+        target = hidden_irreps(num_features, l_max, parity)
+        layers, irreps = [], self.embedding.irreps_out
+        for _ in range(num_layers):
+            layer = Interaction(irreps, self.irreps_sh, target, n_species, num_basis,
+                                radial_hidden, radial_layers, avg_num_neighbors)
+            layers.append(layer)
+            irreps = layer.irreps_out
+        self.layers = nn.ModuleList(layers)
+        self.readout = o3.Linear(irreps, o3.Irreps("1x0e"))
+        if self.readout.weight_numel == 0:
+            raise ValueError(f"readout: final irreps {irreps} contain no 0e scalars")
+        shift = torch.zeros(n_species) if energy_shift is None else torch.tensor(energy_shift)
+        self.register_buffer("energy_shift", shift.to(torch.get_default_dtype()))
+        self.register_buffer("energy_scale", torch.tensor(float(energy_scale)))
+
+    def forward(self, graph: AtomicGraph) -> Tensor:
+        """Per-atom energies (n_atoms,) in eV."""
+        sender, receiver = graph.edge_index[0], graph.edge_index[1]
+        vec = graph.positions[sender] - graph.positions[receiver] + graph.edge_shift  # (n_edges, 3)
+        sh = self.sh(vec)  # (n_edges, irreps_sh.dim)
+        radial = self.radial(vec.norm(dim=-1))  # (n_edges, num_basis)
+        onehot = torch.nn.functional.one_hot(graph.species, self.num_species).to(vec.dtype)
+        h = self.embedding(onehot)
+        for layer in self.layers:
+            h = layer(h, onehot, sh, radial, graph.edge_index)
+        out = self.readout(h).squeeze(-1)  # (n_atoms,)
+        return out * self.energy_scale + self.energy_shift[graph.species]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.energy_shift.dtype

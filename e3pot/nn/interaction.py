@@ -1,0 +1,96 @@
+"""One NequIP-style interaction block on e3nn.
+
+    h -> Linear -> TP(h_j, Y(r_ij)) with per-edge weights from a radial MLP
+      -> sum over neighbours / sqrt(avg_num_neighbors) -> Linear
+      + self-connection(h, species) -> Gate -> (+ h when the irreps match)
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from e3nn import nn as enn
+from e3nn import o3
+from torch import Tensor, nn
+
+from e3pot.nn.scatter import scatter_sum
+
+
+def _reachable(irreps_in: o3.Irreps, irreps_sh: o3.Irreps, ir_out: o3.Irrep) -> bool:
+    return any(ir_out in ir1 * ir2 for _, ir1 in irreps_in for _, ir2 in irreps_sh)
+
+
+def gate_for(irreps_in: o3.Irreps, irreps_sh: o3.Irreps, irreps_target: o3.Irreps) -> enn.Gate:
+    """The gate producing the part of ``irreps_target`` reachable from ``irreps_in`` x ``irreps_sh``."""
+    scalars = o3.Irreps([(m, ir) for m, ir in irreps_target if ir.l == 0 and _reachable(irreps_in, irreps_sh, ir)])
+    gated = o3.Irreps([(m, ir) for m, ir in irreps_target if ir.l > 0 and _reachable(irreps_in, irreps_sh, ir)])
+    if scalars.num_irreps == 0:
+        raise ValueError(f"interaction: no scalar output reachable from {irreps_in} x {irreps_sh} "
+                         f"within {irreps_target}")
+    gate_ir = o3.Irrep("0e") if _reachable(irreps_in, irreps_sh, o3.Irrep("0e")) else o3.Irrep("0o")
+    gates = o3.Irreps([(gated.num_irreps, gate_ir)]) if gated.num_irreps else o3.Irreps("")
+    act = {1: torch.nn.functional.silu, -1: torch.tanh}
+    act_gate = {1: torch.sigmoid, -1: torch.tanh}
+    return enn.Gate(scalars, [act[ir.p] for _, ir in scalars],
+                    gates, [act_gate[ir.p] for _, ir in gates], gated)
+
+
+class Interaction(nn.Module):
+    """Message passing with declared irreps; wrong wiring raises ``ValueError`` here, not in forward.
+
+    Args:
+        irreps_in: node feature irreps entering the block.
+        irreps_sh: spherical-harmonic irreps of the edge directions.
+        irreps_target: the hidden irreps the block aims for (only reachable ones are produced).
+        num_species: length of the one-hot species vector used by the self-connection.
+        num_basis: number of radial basis functions per edge.
+        radial_hidden, radial_layers: width and depth of the radial MLP.
+        avg_num_neighbors: normaliser of the neighbour sum, fitted on the training data.
+    """
+
+    def __init__(self, irreps_in, irreps_sh, irreps_target, num_species: int, num_basis: int,
+                 radial_hidden: int = 64, radial_layers: int = 2, avg_num_neighbors: float = 1.0):
+        super().__init__()
+        self.irreps_in = o3.Irreps(irreps_in).simplify()
+        self.irreps_sh = o3.Irreps(irreps_sh)
+        irreps_target = o3.Irreps(irreps_target)
+        if not any(ir.l == 0 for _, ir in self.irreps_sh):
+            raise ValueError(f"interaction: edge irreps {self.irreps_sh} have no l=0 component")
+        if avg_num_neighbors <= 0:
+            raise ValueError(f"interaction: avg_num_neighbors must be > 0, got {avg_num_neighbors}")
+        self.gate = gate_for(self.irreps_in, self.irreps_sh, irreps_target)
+        wanted = {ir for _, ir in self.gate.irreps_in}
+
+        irreps_mid, instructions = [], []
+        for i, (mul, ir_in) in enumerate(self.irreps_in):
+            for j, (_, ir_edge) in enumerate(self.irreps_sh):
+                for ir_out in ir_in * ir_edge:
+                    if ir_out in wanted:
+                        instructions.append((i, j, len(irreps_mid), "uvu", True))
+                        irreps_mid.append((mul, ir_out))
+        irreps_mid = o3.Irreps(irreps_mid)
+        irreps_mid, perm, _ = irreps_mid.sort()
+        instructions = [(i, j, perm[k], mode, train) for i, j, k, mode, train in instructions]
+
+        self.linear_in = o3.Linear(self.irreps_in, self.irreps_in)
+        self.tp = o3.TensorProduct(self.irreps_in, self.irreps_sh, irreps_mid, instructions,
+                                   shared_weights=False, internal_weights=False)
+        self.radial = enn.FullyConnectedNet(
+            [num_basis] + radial_layers * [radial_hidden] + [self.tp.weight_numel], torch.nn.functional.silu)
+        self.linear_out = o3.Linear(irreps_mid.simplify(), self.gate.irreps_in)
+        self.self_connection = o3.FullyConnectedTensorProduct(
+            self.irreps_in, o3.Irreps(f"{num_species}x0e"), self.gate.irreps_in)
+        self.irreps_out = self.gate.irreps_out
+        self.resnet = self.irreps_out == self.irreps_in
+        self.norm = 1.0 / math.sqrt(avg_num_neighbors)
+
+    def forward(self, h: Tensor, onehot: Tensor, sh: Tensor, radial: Tensor, edge_index: Tensor) -> Tensor:
+        # h (n_atoms, irreps_in.dim), onehot (n_atoms, n_species), sh (n_edges, irreps_sh.dim),
+        # radial (n_edges, num_basis), edge_index (2, n_edges) [sender, receiver]
+        sender, receiver = edge_index[0], edge_index[1]
+        x = self.linear_in(h)
+        messages = self.tp(x[sender], sh, self.radial(radial))  # (n_edges, irreps_mid.dim)
+        x = scatter_sum(messages, receiver, h.shape[0]) * self.norm
+        x = self.linear_out(x) + self.self_connection(h, onehot)
+        x = self.gate(x)
+        return h + x if self.resnet else x

@@ -1,0 +1,96 @@
+"""Reading, splitting and batching training data for Lightning."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import numpy as np
+import pytorch_lightning as pl
+from ase.data import atomic_numbers as _symbol_to_z
+from torch.utils.data import DataLoader
+
+from e3pot.data.dataset import GraphDataset, collate_batch
+from e3pot.data.io import DataError, LabelSpec, read_frames
+from e3pot.data.neighbors import SpeciesMap
+
+
+class E3PotDataModule(pl.LightningDataModule):
+    """Structures from ASE-readable files or rMD17-style npz, turned into graphs once.
+
+    Args:
+        train_file: training structures (extxyz, xyz, traj, ASE db, npz, ...).
+        val_file: separate validation structures; when absent, a random split of ``train_file``.
+        val_fraction: fraction of ``train_file`` held out for validation (ignored with ``val_file``).
+        n_val: number of frames held out instead of a fraction.
+        n_train: use only the first N training frames after the split (learning curves).
+        split_seed: seed of the random split.
+        r_max: cutoff of the radius graph in Å (set from the model's ``r_max``).
+        elements: chemical symbols the model covers; default: those in the data.
+        energy_key, forces_key, stress_key: label names (None: the format's default).
+        energy_unit: unit of energies in the file (eV, meV, kcal/mol, kJ/mol, Hartree, Ry).
+        length_unit: unit of positions in the file (Å, Bohr, nm).
+        stress_unit: unit of stresses (GPa, kbar, bar); None means energy_unit/length_unit^3.
+        batch_size, val_batch_size: structures per batch.
+        num_workers: DataLoader worker processes.
+    """
+
+    def __init__(self, train_file: str, val_file: Optional[str] = None, val_fraction: float = 0.1,
+                 n_val: Optional[int] = None, n_train: Optional[int] = None, split_seed: int = 0,
+                 r_max: float = 5.0, elements: Optional[List[str]] = None,
+                 energy_key: Optional[str] = None, forces_key: Optional[str] = None,
+                 stress_key: Optional[str] = None, energy_unit: str = "eV", length_unit: str = "Å",
+                 stress_unit: Optional[str] = None, batch_size: int = 8, val_batch_size: Optional[int] = None,
+                 num_workers: int = 0):
+        super().__init__()
+        if val_file is None and n_val is None and not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        self.train_file, self.val_file = train_file, val_file
+        self.val_fraction, self.n_val, self.n_train, self.split_seed = val_fraction, n_val, n_train, split_seed
+        self.r_max = r_max
+        self.elements = elements
+        self.labels = LabelSpec(energy_key, forces_key, stress_key, energy_unit, length_unit, stress_unit)
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.num_workers = num_workers
+        self.train_set: Optional[GraphDataset] = None
+        self.val_set: Optional[GraphDataset] = None
+        self.atomic_numbers: List[int] = []
+
+    def _split(self):
+        frames = read_frames(self.train_file, self.labels)
+        if self.val_file is not None:
+            return frames, read_frames(self.val_file, self.labels)
+        n_val = self.n_val if self.n_val is not None else int(round(self.val_fraction * len(frames)))
+        if n_val < 1 or n_val >= len(frames):
+            raise DataError(f"{self.train_file}: {len(frames)} frames cannot be split into training and "
+                            f"{n_val} validation frames (val_fraction={self.val_fraction}, n_val={self.n_val}); "
+                            f"add frames or give val_file")
+        order = np.random.default_rng(self.split_seed).permutation(len(frames))
+        return [frames[k] for k in order[n_val:]], [frames[k] for k in order[:n_val]]
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_set is not None:
+            return
+        train, val = self._split()
+        if self.n_train is not None:
+            if self.n_train > len(train):
+                raise DataError(f"{self.train_file}: n_train={self.n_train} but only {len(train)} training "
+                                f"frames remain after the split")
+            train = train[: self.n_train]
+        if self.elements:
+            unknown = [s for s in self.elements if s not in _symbol_to_z]
+            if unknown:
+                raise ValueError(f"unknown element symbol(s) in data.elements: {', '.join(unknown)}")
+            self.atomic_numbers = sorted(_symbol_to_z[s] for s in self.elements)
+        else:
+            self.atomic_numbers = sorted({int(z) for f in train + val for z in f.numbers})
+        species = SpeciesMap(self.atomic_numbers)
+        self.train_set = GraphDataset(train, species, self.r_max, desc="training graphs")
+        self.val_set = GraphDataset(val, species, self.r_max, desc="validation graphs")
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, collate_fn=collate_batch,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.val_batch_size, shuffle=False, collate_fn=collate_batch,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)

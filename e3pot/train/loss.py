@@ -1,0 +1,61 @@
+"""Weighted MSE loss and running error metrics (energies per atom and per structure, forces)."""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+from torch import Tensor
+
+from e3pot.data.graph import Labels
+from e3pot.model.forces import Prediction
+
+
+def weighted_loss(pred: Prediction, labels: Labels, energy_weight: float, forces_weight: float,
+                  stress_weight: float) -> Dict[str, Tensor]:
+    """MSE of per-atom energy (eV/atom)^2, force components (eV/Å)^2 and stress (eV/Å^3)^2."""
+    n_atoms = labels.n_atoms.to(pred.energy.dtype)
+    parts = {}
+    if energy_weight > 0:
+        parts["energy"] = ((pred.energy - labels.energy) / n_atoms).pow(2).mean()
+    if forces_weight > 0:
+        parts["forces"] = (pred.forces - labels.forces).pow(2).mean()
+    if stress_weight > 0 and pred.stress is not None:
+        mask = torch.isfinite(labels.stress)
+        diff = torch.where(mask, pred.stress - labels.stress, torch.zeros_like(labels.stress))
+        parts["stress"] = diff.pow(2).sum() / mask.sum().clamp(min=1)
+    weights = {"energy": energy_weight, "forces": forces_weight, "stress": stress_weight}
+    parts["loss"] = sum(weights[k] * v for k, v in parts.items())
+    return parts
+
+
+class ErrorMetrics:
+    """Accumulates absolute and squared errors on the device (no syncs until :meth:`compute`)."""
+
+    def __init__(self):
+        self.sums: Dict[str, Tensor] = {}
+
+    def reset(self) -> None:
+        self.sums = {}
+
+    def _add(self, name: str, err: Tensor) -> None:
+        err = err.detach().double()
+        new = torch.stack([err.abs().sum(), err.pow(2).sum(), torch.tensor(err.numel(), device=err.device,
+                                                                           dtype=torch.float64)])
+        self.sums[name] = self.sums[name] + new if name in self.sums else new
+
+    def update(self, pred: Prediction, labels: Labels) -> None:
+        e_err = pred.energy - labels.energy
+        self._add("e", e_err)
+        self._add("e_atom", e_err / labels.n_atoms.to(e_err.dtype))
+        self._add("f", (pred.forces - labels.forces).reshape(-1))
+
+    def compute(self) -> Dict[str, float]:
+        """MAE and RMSE in meV (per structure), meV/atom and meV/Å."""
+        out = {}
+        names = {"e": "energy_{}_meV", "e_atom": "energy_{}_meV_atom", "f": "forces_{}_meV_A"}
+        for key, pattern in names.items():
+            if key in self.sums:
+                abs_sum, sq_sum, n = self.sums[key].tolist()
+                out[pattern.format("mae")] = 1000.0 * abs_sum / n
+                out[pattern.format("rmse")] = 1000.0 * (sq_sum / n) ** 0.5
+        return out

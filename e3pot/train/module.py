@@ -1,0 +1,142 @@
+"""The LightningModule: builds the potential from fitted data statistics, trains with EMA."""
+from __future__ import annotations
+
+import copy
+from typing import Dict, Literal, Optional, Union
+
+import pytorch_lightning as pl
+import torch
+
+from e3pot.data.io import DataError
+from e3pot.model.forces import evaluate
+from e3pot.model.io import dtype_from_name
+from e3pot.model.potential import E3Potential
+from e3pot.train import stats
+from e3pot.train.loss import ErrorMetrics, weighted_loss
+
+
+class E3PotModule(pl.LightningModule):
+    """Training of an :class:`~e3pot.model.potential.E3Potential`.
+
+    Model hyperparameters are those of ``E3Potential``; the species, energy shift, energy scale and
+    average neighbour count are fitted from the training data in :meth:`setup`.
+
+    Args:
+        e0s: per-species energy shift: "fit" (least squares on the training energies), a
+            {symbol: eV} table, or the path of a file of isolated-atom structures.
+        dtype: float32 or float64 for weights and inputs.
+        energy_weight, forces_weight, stress_weight: loss weights of per-atom energy, force
+            components and stress components (MSE each).
+        lr, weight_decay: AdamW settings.
+        lr_factor, lr_patience, lr_min: ReduceLROnPlateau on the validation loss.
+        ema_decay: decay of the exponential moving average of weights; 0 disables it. The
+            averaged weights are the ones validated and saved.
+    """
+
+    def __init__(self, r_max: float = 5.0, l_max: int = 2, num_features: int = 32, num_layers: int = 4,
+                 num_basis: int = 8, cutoff_p: int = 6, radial_hidden: int = 64, radial_layers: int = 2,
+                 parity: bool = True, e0s: Union[Literal["fit"], Dict[str, float], str] = "fit",
+                 dtype: Literal["float32", "float64"] = "float32", energy_weight: float = 1.0,
+                 forces_weight: float = 10.0, stress_weight: float = 0.0, lr: float = 0.005,
+                 weight_decay: float = 0.0, lr_factor: float = 0.8, lr_patience: int = 10, lr_min: float = 1e-6,
+                 ema_decay: float = 0.99):
+        super().__init__()
+        self.save_hyperparameters()
+        self.potential: Optional[E3Potential] = None
+        self.ema: Optional[E3Potential] = None
+        self.torch_dtype = dtype_from_name(dtype)
+        self.metrics = {"train": ErrorMetrics(), "val": ErrorMetrics()}
+        self.use_stress = False
+
+    # -- building ---------------------------------------------------------------------------
+    def _check_labels(self, dataset, name: str) -> None:
+        hp = self.hparams
+        needed = [("energy", hp.energy_weight), ("forces", hp.forces_weight)]
+        for k, (_, labels) in enumerate(dataset.items):
+            for field, weight in needed:
+                if weight > 0 and not torch.isfinite(getattr(labels, field)).all():
+                    raise DataError(f"{dataset.sources[k]}: no {field} label, but the loss needs it "
+                                    f"({field}_weight={weight}); set data.{field}_key or the weight to 0")
+
+    def setup(self, stage: str) -> None:
+        if self.potential is not None:
+            return
+        dm = self.trainer.datamodule
+        dm.setup(stage)
+        self._check_labels(dm.train_set, "training")
+        self._check_labels(dm.val_set, "validation")
+        z = dm.atomic_numbers
+        hp = self.hparams
+        if hp.e0s == "fit":
+            shift = stats.fit_energy_shift(dm.train_set, len(z))
+        elif isinstance(hp.e0s, dict):
+            shift = stats.shift_from_table(hp.e0s, z)
+        else:
+            shift = stats.shift_from_table(stats.read_e0s_file(hp.e0s), z)
+        self.use_stress = hp.stress_weight > 0 and any(
+            torch.isfinite(lab.stress).all() for _, lab in dm.train_set.items)
+        self.potential = E3Potential(
+            z, r_max=hp.r_max, l_max=hp.l_max, num_features=hp.num_features, num_layers=hp.num_layers,
+            num_basis=hp.num_basis, cutoff_p=hp.cutoff_p, radial_hidden=hp.radial_hidden,
+            radial_layers=hp.radial_layers, parity=hp.parity,
+            avg_num_neighbors=stats.avg_num_neighbors(dm.train_set),
+            energy_shift=shift.tolist(), energy_scale=stats.force_rms(dm.train_set),
+        ).to(self.torch_dtype)
+        self.ema = copy.deepcopy(self.potential).requires_grad_(False)
+
+    # -- steps ------------------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        graph, labels = batch
+        return graph.to(dtype=self.torch_dtype), labels.to(dtype=self.torch_dtype)
+
+    def _step(self, model, batch, stage: str, training: bool):
+        graph, labels = batch
+        pred = evaluate(model, graph, compute_stress=self.use_stress, training=training)
+        hp = self.hparams
+        parts = weighted_loss(pred, labels, hp.energy_weight, hp.forces_weight,
+                              hp.stress_weight if self.use_stress else 0.0)
+        self.metrics[stage].update(pred, labels)
+        for name, value in parts.items():
+            self.log(f"{stage}/{name}", value.detach(), batch_size=graph.n_graphs, on_step=False, on_epoch=True,
+                     prog_bar=(name == "loss"))
+        return parts["loss"]
+
+    def training_step(self, batch, batch_idx: int):
+        return self._step(self.potential, batch, "train", training=True)
+
+    def validation_step(self, batch, batch_idx: int):
+        with torch.enable_grad():
+            return self._step(self.ema, batch, "val", training=False)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        decay = self.hparams.ema_decay
+        step = self.global_step
+        decay = min(decay, (1.0 + step) / (10.0 + step))  # short warm-up
+        with torch.no_grad():
+            ema_p = list(self.ema.parameters())
+            torch._foreach_lerp_(ema_p, list(self.potential.parameters()), 1.0 - decay)
+
+    def _log_metrics(self, stage: str) -> None:
+        for name, value in self.metrics[stage].compute().items():
+            self.log(f"{stage}/{name}", value, prog_bar=(name == "forces_mae_meV_A" and stage == "val"))
+        self.metrics[stage].reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_train_epoch_start(self) -> None:
+        self.metrics["train"].reset()
+
+    def on_validation_epoch_start(self) -> None:
+        self.metrics["val"].reset()
+
+    # -- optimisation -----------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.potential.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=hp.lr_factor, patience=hp.lr_patience, min_lr=hp.lr_min)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
