@@ -5,7 +5,8 @@ Total energy is the sum of the per-atom energies; forces and stress come from
 """
 from __future__ import annotations
 
-from typing import List, Optional
+import contextlib
+from typing import Iterator, List, Optional
 
 import torch
 from e3nn import o3
@@ -25,6 +26,16 @@ def hidden_irreps(num_features: int, l_max: int, parity: bool) -> o3.Irreps:
     return o3.Irreps(parts).sort().irreps.simplify()
 
 
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
 class E3Potential(nn.Module):
     """NequIP-style E(3)-equivariant interatomic potential.
 
@@ -41,6 +52,9 @@ class E3Potential(nn.Module):
         avg_num_neighbors: fitted on the training data; normalises neighbour sums.
         energy_shift: per-species energy in eV (fitted E0s), in ``atomic_numbers`` order.
         energy_scale: eV, multiplies the network output (fitted force RMS).
+
+    The model is built in float64, so that e3nn's Clebsch-Gordan and normalisation constants
+    are exact in either precision; cast it with ``.to(torch.float32)`` for float32 use.
     """
 
     def __init__(self, atomic_numbers: List[int], r_max: float = 5.0, l_max: int = 2, num_features: int = 32,
@@ -48,6 +62,12 @@ class E3Potential(nn.Module):
                  radial_layers: int = 2, parity: bool = True, avg_num_neighbors: float = 1.0,
                  energy_shift: Optional[List[float]] = None, energy_scale: float = 1.0):
         super().__init__()
+        with default_dtype(torch.float64):
+            self._build(atomic_numbers, r_max, l_max, num_features, num_layers, num_basis, cutoff_p,
+                        radial_hidden, radial_layers, parity, avg_num_neighbors, energy_shift, energy_scale)
+
+    def _build(self, atomic_numbers, r_max, l_max, num_features, num_layers, num_basis, cutoff_p,
+               radial_hidden, radial_layers, parity, avg_num_neighbors, energy_shift, energy_scale) -> None:
         if len(atomic_numbers) == 0 or len(set(atomic_numbers)) != len(atomic_numbers):
             raise ValueError(f"atomic_numbers must be non-empty and unique, got {atomic_numbers}")
         if r_max <= 0 or l_max < 0 or num_layers < 1 or num_features < 1:
@@ -80,7 +100,7 @@ class E3Potential(nn.Module):
         if self.readout.weight_numel == 0:
             raise ValueError(f"readout: final irreps {irreps} contain no 0e scalars")
         shift = torch.zeros(n_species) if energy_shift is None else torch.tensor(energy_shift)
-        self.register_buffer("energy_shift", shift.to(torch.get_default_dtype()))
+        self.register_buffer("energy_shift", shift.double())
         self.register_buffer("energy_scale", torch.tensor(float(energy_scale)))
 
     def forward(self, graph: AtomicGraph) -> Tensor:

@@ -1,0 +1,55 @@
+"""Tiny models and small structures shared by the tests (float64 unless a test says otherwise)."""
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import molecule
+
+from e3pot.data.graph import collate
+from e3pot.data.neighbors import SpeciesMap, atoms_to_graph
+from e3pot.model.potential import E3Potential
+
+SPECIES = [1, 6, 8, 14]
+
+
+def make_model(parity=True, l_max=2, r_max=3.5, seed=0, dtype=torch.float64, **kwargs):
+    torch.manual_seed(seed)
+    defaults = dict(num_features=6, num_layers=2, num_basis=6, radial_hidden=16, radial_layers=1)
+    defaults.update(kwargs)
+    model = E3Potential(SPECIES, r_max=r_max, l_max=l_max, parity=parity, avg_num_neighbors=4.0,
+                        energy_shift=[-13.0, -1030.0, -2040.0, -100.0], energy_scale=1.3, **defaults)
+    # Perturb the default (zero) output so that the tests see a non-trivial function.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model.to(dtype).eval()
+
+
+@pytest.fixture(scope="session", params=[True, False], ids=["parity", "no-parity"])
+def model(request):
+    return make_model(parity=request.param)
+
+
+@pytest.fixture(scope="session")
+def model64():
+    return make_model()
+
+
+def graph_of(atoms, model):
+    return collate([atoms_to_graph(atoms, SpeciesMap(model.atomic_numbers), model.r_max)]).to(dtype=model.dtype)
+
+
+@pytest.fixture
+def ethanol():
+    atoms = molecule("CH3CH2OH")
+    atoms.positions += np.random.default_rng(1).normal(scale=0.1, size=atoms.positions.shape)
+    return atoms
+
+
+@pytest.fixture
+def periodic():
+    """A small, skewed, periodic cell (smaller than 2 r_max, so several images of each atom)."""
+    rng = np.random.default_rng(2)
+    cell = np.array([[3.1, 0.0, 0.0], [0.4, 3.3, 0.0], [-0.3, 0.2, 3.0]])
+    frac = rng.uniform(size=(5, 3))
+    return Atoms("SiOOCH", scaled_positions=frac, cell=cell, pbc=True)
