@@ -74,6 +74,8 @@ def iter_frames(path: str, labels: LabelSpec = LabelSpec(), index: str = ":",
     """Yield checked frames from ``path`` one at a time, converted to eV and Å."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such data file: {path}")
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise DataError(f"{path}: contains no structures (the file is empty)")
     if path.endswith(".npz"):
         yield from _iter_npz(path, labels, require)
         return

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import glob
 import os
+import warnings
 from typing import List, Optional
 
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
@@ -43,6 +44,10 @@ def _format_metrics(metrics: dict) -> str:
 
 
 def main(args: Optional[List[str]] = None) -> str:
+    """Train, then write the EMA weights of the best checkpoint as a standalone model file."""
+    warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
     cli = E3PotCLI(
         E3PotModule, E3PotDataModule, run=False, args=args, seed_everything_default=0,
         save_config_kwargs={"overwrite": True},

@@ -1,0 +1,41 @@
+"""The ``e3pot`` command: ``e3pot train|predict|export ...`` (also ``python -m e3pot``)."""
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+USAGE = """usage: e3pot COMMAND [ARGS]
+
+commands:
+  train     train a potential (same as: python train.py --config configs/X.yaml)
+  predict   energies and forces for structures in ASE-readable files
+  export    write a TorchScript model for deployment
+
+Run 'e3pot COMMAND --help' for the options of a command."""
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        from e3pot.train.cli import main as train_main
+
+        train_main(rest)
+        return 0
+    if command == "predict":
+        from e3pot.cli.predict import main as predict_main
+
+        return predict_main(rest)
+    if command == "export":
+        from e3pot.cli.export import main as export_main
+
+        return export_main(rest)
+    print(f"e3pot: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
