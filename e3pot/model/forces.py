@@ -1,9 +1,10 @@
-"""Energy -> forces and stress, in one place for every caller (trainer, calculator, CLI)."""
+"""Energy -> forces and stress, in one place for every caller (trainer, calculator, CLI, export)."""
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
+from e3nn.util.jit import compile_mode
 from torch import Tensor, nn
 
 from e3pot.data.graph import AtomicGraph
@@ -17,35 +18,57 @@ class Prediction(NamedTuple):
     atomic_energies: Tensor  # (n_atoms,) eV
 
 
+@compile_mode("script")
+class Conservative(nn.Module):
+    """Wraps a per-atom energy model; returns energy, forces = -dE/dR and stress = (1/V) dE/d(strain).
+
+    The strain is applied to positions and to the Cartesian image shifts of the edges, so the
+    stress is exact for any cell, including cells smaller than twice the cutoff.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, graph: AtomicGraph, compute_stress: bool = False,
+                training: bool = False) -> Tuple[Tensor, Tensor, Optional[Tensor], Tensor]:
+        positions = graph.positions.detach().requires_grad_(True)
+        n_graphs = graph.cell.shape[0]
+        inputs: List[Tensor] = [positions]
+        strained_positions, edge_shift = positions, graph.edge_shift
+        if compute_stress:
+            strain = torch.zeros_like(graph.cell).requires_grad_(True)  # (n_graphs, 3, 3)
+            sym = 0.5 * (strain + strain.transpose(1, 2))
+            strained_positions = positions + torch.bmm(positions.unsqueeze(1), sym[graph.batch]).squeeze(1)
+            edge_graph = graph.batch[graph.edge_index[1]]
+            edge_shift = edge_shift + torch.bmm(edge_shift.unsqueeze(1), sym[edge_graph]).squeeze(1)
+            inputs.append(strain)
+        graph = AtomicGraph(strained_positions, graph.species, graph.edge_index, edge_shift, graph.batch,
+                            graph.cell, graph.pbc)
+
+        atomic_energies = self.model(graph)  # (n_atoms,)
+        energy = scatter_sum(atomic_energies, graph.batch, n_graphs)  # (n_graphs,)
+        grad_outputs: List[Optional[Tensor]] = [torch.ones_like(energy)]
+        grads = torch.autograd.grad([energy], inputs, grad_outputs=grad_outputs, create_graph=training)
+        d_positions = grads[0]
+        assert d_positions is not None
+        forces = -d_positions
+        stress: Optional[Tensor] = None
+        if compute_stress:
+            d_strain = grads[1]
+            assert d_strain is not None
+            volume = torch.linalg.det(graph.cell).abs()  # (n_graphs,)
+            periodic = graph.pbc.any(dim=1)
+            stress = d_strain / torch.where(periodic, volume, torch.ones_like(volume))[:, None, None]
+            stress = torch.where(periodic[:, None, None], stress, torch.full_like(stress, float("nan")))
+        return energy, forces, stress, atomic_energies
+
+
 def evaluate(model: nn.Module, graph: AtomicGraph, compute_stress: bool = False,
              training: bool = False) -> Prediction:
-    """Energies, forces = -dE/dR and, if asked, stress = (1/V) dE/d(strain) for a batch.
+    """Energies, forces and, if asked, stress for a batch (see :class:`Conservative`).
 
     ``training=True`` keeps the graph of the derivatives so that a loss on forces can be
     back-propagated (double backward).
     """
-    positions = graph.positions.detach().requires_grad_(True)
-    edge_shift = graph.edge_shift
-    strain = None
-    if compute_stress:
-        strain = torch.zeros_like(graph.cell, requires_grad=True)  # (n_graphs, 3, 3)
-        sym = 0.5 * (strain + strain.transpose(1, 2))
-        positions_strained = positions + torch.bmm(positions.unsqueeze(1), sym[graph.batch]).squeeze(1)
-        edge_graph = graph.batch[graph.edge_index[1]]
-        edge_shift = edge_shift + torch.bmm(edge_shift.unsqueeze(1), sym[edge_graph]).squeeze(1)
-        graph = graph._replace(positions=positions_strained, edge_shift=edge_shift)
-    else:
-        graph = graph._replace(positions=positions)
-
-    atomic_energies = model(graph)
-    energy = scatter_sum(atomic_energies, graph.batch, graph.n_graphs)
-    inputs = [positions] if strain is None else [positions, strain]
-    grads = torch.autograd.grad(energy.sum(), inputs, create_graph=training)
-    forces = -grads[0]
-    stress = None
-    if strain is not None:
-        volume = torch.linalg.det(graph.cell).abs()  # (n_graphs,)
-        periodic = graph.pbc.any(dim=1)
-        stress = grads[1] / torch.where(periodic, volume, torch.ones_like(volume))[:, None, None]
-        stress = torch.where(periodic[:, None, None], stress, torch.full_like(stress, float("nan")))
-    return Prediction(energy=energy, forces=forces, stress=stress, atomic_energies=atomic_energies)
+    return Prediction(*Conservative(model)(graph, compute_stress, training))

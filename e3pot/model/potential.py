@@ -10,6 +10,7 @@ from typing import Iterator, List, Optional
 
 import torch
 from e3nn import o3
+from e3nn.util.jit import compile_mode
 from torch import Tensor, nn
 
 from e3pot.data.graph import AtomicGraph
@@ -36,6 +37,7 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(old)
 
 
+@compile_mode("script")
 class E3Potential(nn.Module):
     """NequIP-style E(3)-equivariant interatomic potential.
 
@@ -108,7 +110,7 @@ class E3Potential(nn.Module):
         sender, receiver = graph.edge_index[0], graph.edge_index[1]
         vec = graph.positions[sender] - graph.positions[receiver] + graph.edge_shift  # (n_edges, 3)
         sh = self.sh(vec)  # (n_edges, irreps_sh.dim)
-        radial = self.radial(vec.norm(dim=-1))  # (n_edges, num_basis)
+        radial = self.radial(torch.linalg.vector_norm(vec, dim=-1))  # (n_edges, num_basis)
         onehot = torch.nn.functional.one_hot(graph.species, self.num_species).to(vec.dtype)
         h = self.embedding(onehot)
         for layer in self.layers:

@@ -11,6 +11,7 @@ import math
 import torch
 from e3nn import nn as enn
 from e3nn import o3
+from e3nn.util.jit import compile_mode
 from torch import Tensor, nn
 
 from e3pot.nn.scatter import scatter_sum
@@ -35,6 +36,7 @@ def gate_for(irreps_in: o3.Irreps, irreps_sh: o3.Irreps, irreps_target: o3.Irrep
                     gates, [act_gate[ir.p] for _, ir in gates], gated)
 
 
+@compile_mode("script")
 class Interaction(nn.Module):
     """Message passing with declared irreps; wrong wiring raises ``ValueError`` here, not in forward.
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 import math
 
 import torch
+from e3nn.util.jit import compile_mode
 from torch import Tensor, nn
 
 
+@compile_mode("script")
 class PolynomialCutoff(nn.Module):
     """Envelope u(r) going to zero at ``r_max`` with ``p`` continuous derivatives
     (Klicpera et al., DimeNet, 2020, Eq. 8)."""
@@ -28,6 +30,7 @@ class PolynomialCutoff(nn.Module):
         return u * (x < 1.0)
 
 
+@compile_mode("script")
 class BesselBasis(nn.Module):
     """sqrt(2 / r_max) * sin(n pi r / r_max) / r, n = 1..num_basis, with trainable frequencies."""
 
@@ -43,6 +46,7 @@ class BesselBasis(nn.Module):
         return self.prefactor * torch.sin(self.frequencies * r) / r
 
 
+@compile_mode("script")
 class RadialEmbedding(nn.Module):
     """Bessel basis times cutoff envelope: the edge-length features fed to the radial MLPs."""
 

@@ -1,0 +1,80 @@
+"""Exported models: TorchScript archives that run with torch alone (no e3pot training code).
+
+The archive's ``forward`` takes the graph as plain tensors (see :mod:`e3pot.data.graph` for the
+edge convention) and returns ``(energy, forces, stress, atomic_energies)``; the metadata
+(species, cutoff, units, dtype, version) travels in the archive as ``metadata.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from e3nn.util.jit import compile as e3nn_compile
+from e3nn.util.jit import compile_mode
+from torch import Tensor, nn
+
+from e3pot.data.graph import AtomicGraph
+from e3pot.model.forces import Conservative
+from e3pot.model.io import dtype_name
+
+METADATA_FILE = "metadata.json"
+
+
+@compile_mode("script")
+class _Exported(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.conservative = Conservative(model)
+
+    def forward(self, positions: Tensor, species: Tensor, edge_index: Tensor, edge_shift: Tensor, batch: Tensor,
+                cell: Tensor, pbc: Tensor, compute_stress: bool) -> Tuple[Tensor, Tensor, Optional[Tensor], Tensor]:
+        graph = AtomicGraph(positions, species, edge_index, edge_shift, batch, cell, pbc)
+        return self.conservative(graph, compute_stress, False)
+
+
+def export_model(model, path: str, metadata: Optional[Dict[str, Any]] = None) -> str:
+    """Write ``model`` (an ``E3Potential``) as a TorchScript archive at ``path``."""
+    from e3pot import __version__
+
+    import copy
+
+    model = copy.deepcopy(model).eval()
+    scripted = e3nn_compile(_Exported(model))
+    info = {
+        "format": "e3pot-torchscript", "e3pot_version": __version__,
+        "atomic_numbers": list(model.atomic_numbers), "r_max": model.r_max, "dtype": dtype_name(model.dtype),
+        "units": {"energy": "eV", "length": "Å", "forces": "eV/Å", "stress": "eV/Å^3"},
+        "config": dict(model.config), "metadata": dict(metadata or getattr(model, "metadata", {}) or {}),
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    torch.jit.save(scripted, path, _extra_files={METADATA_FILE: json.dumps(info)})
+    return path
+
+
+class ExportedModel:
+    """A loaded TorchScript archive with the attributes the calculator and predictor use."""
+
+    def __init__(self, path: str, device: str | torch.device = "cpu"):
+        extra = {METADATA_FILE: ""}
+        self.module = torch.jit.load(path, map_location=device, _extra_files=extra)
+        info = json.loads(extra[METADATA_FILE])
+        self.atomic_numbers = info["atomic_numbers"]
+        self.r_max = float(info["r_max"])
+        self.dtype = getattr(torch, info["dtype"])
+        self.metadata = info
+        self.device = torch.device(device)
+
+    def __call__(self, graph: AtomicGraph, compute_stress: bool = False):
+        return self.module(*graph, compute_stress)
+
+
+def is_torchscript(path: str) -> bool:
+    """True for a TorchScript archive written by :func:`export_model`."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(name.endswith(f"extra/{METADATA_FILE}") for name in zf.namelist())
