@@ -1,44 +1,50 @@
-"""Predictions for many ``ase.Atoms`` at once, batched."""
+"""Predictions for many ``ase.Atoms`` at once, batched, on a stream of structures."""
 from __future__ import annotations
 
-from typing import Dict, Iterable, Iterator, List, Optional
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 from e3pot.data.graph import collate
 from e3pot.data.neighbors import SpeciesMap, atoms_to_graph
-from e3pot.model.forces import evaluate
+from e3pot.model.runtime import model_device, run_model
 
 
-def iter_predictions(model, structures: Iterable, batch_size: int = 32,
-                     compute_stress: Optional[bool] = None) -> Iterator[Dict[str, np.ndarray]]:
-    """Yield one dict per structure: ``energy`` (eV), ``forces`` (eV/Å), ``energies`` (per atom)
-    and, for periodic structures, ``stress`` (3x3, eV/Å^3). Works on a stream of structures."""
+def iter_predictions(model, structures: Iterable, batch_size: int = 32, compute_stress: Optional[bool] = None,
+                     named: bool = False) -> Iterator[Dict[str, np.ndarray]]:
+    """Yield one dict per structure: ``energy`` (eV), ``forces`` (eV/Å), ``energies`` (per atom, eV)
+    and, for periodic structures, ``stress`` (3x3, eV/Å^3, ASE sign).
+
+    ``structures`` is consumed lazily, ``batch_size`` at a time, so it may be a generator over a
+    file larger than memory. With ``named=True`` it yields ``(name, atoms)`` pairs and errors
+    quote the name; otherwise structures are named by their position in the stream.
+    """
     species = SpeciesMap(model.atomic_numbers)
-    param = next(model.parameters())
+    device, dtype = model_device(model), model.dtype
     buffer: List = []
 
     def flush():
-        graph = collate(buffer).to(device=param.device, dtype=param.dtype)
-        want_stress = bool(graph.pbc.any()) if compute_stress is None else compute_stress
-        pred = evaluate(model, graph, compute_stress=want_stress)
-        n_atoms = torch.bincount(graph.batch, minlength=graph.n_graphs).tolist()
-        forces = pred.forces.detach().cpu().double().numpy()
-        atomic = pred.atomic_energies.detach().cpu().double().numpy()
-        energy = pred.energy.detach().cpu().double().numpy()
-        stress = None if pred.stress is None else pred.stress.detach().cpu().double().numpy()
+        graph = collate(buffer).to(device=device, dtype=dtype)
+        periodic = graph.pbc.any(dim=1).tolist()
+        want_stress = any(periodic) if compute_stress is None else compute_stress
+        energy, forces, stress, atomic = run_model(model, graph, want_stress)
+        n_atoms = torch.bincount(graph.batch, minlength=len(buffer)).tolist()
+        forces = forces.detach().cpu().double().numpy()
+        atomic = atomic.detach().cpu().double().numpy()
+        energy = energy.detach().cpu().double().numpy()
+        stress = None if stress is None else stress.detach().cpu().double().numpy()
         start = 0
         for k, n in enumerate(n_atoms):
-            out = {"energy": float(energy[k]), "forces": forces[start:start + n],
-                   "energies": atomic[start:start + n]}
-            if stress is not None and bool(graph.pbc[k].any()):
+            out = {"energy": float(energy[k]), "forces": forces[start:start + n], "energies": atomic[start:start + n]}
+            if stress is not None and periodic[k]:
                 out["stress"] = stress[k]
             start += n
             yield out
 
-    for k, atoms in enumerate(structures):
-        buffer.append(atoms_to_graph(atoms, species, model.r_max, source=f"structure {k}"))
+    for k, item in enumerate(structures):
+        name, atoms = item if named else (f"structure {k}", item)
+        buffer.append(atoms_to_graph(atoms, species, model.r_max, source=name))
         if len(buffer) == batch_size:
             yield from flush()
             buffer = []

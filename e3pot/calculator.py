@@ -1,0 +1,52 @@
+"""ASE calculator: MD, relaxations and cell filters with an e3pot model."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from e3pot.data.graph import collate
+from e3pot.data.neighbors import SpeciesMap, atoms_to_graph
+from e3pot.model.runtime import load_any, run_model
+
+
+class E3PotCalculator(Calculator):
+    """ASE calculator for e3pot models.
+
+    Args:
+        model: path of a model file (``model.pt``) or TorchScript export, or a loaded model.
+        device: "cpu" or "cuda".
+        dtype: "float32" or "float64"; default: the dtype the model was trained in.
+
+    Implements ``energy``, ``free_energy``, ``forces``, per-atom ``energies`` and, for periodic
+    cells, ``stress`` (ASE's Voigt order, eV/Å^3). The neighbour list is rebuilt at every call.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "energies", "stress"]
+
+    def __init__(self, model, device: str = "cpu", dtype: Optional[str] = None, **kwargs):
+        super().__init__(**kwargs)
+        self.model = load_any(model, device=device, dtype=dtype)
+        self.device = torch.device(device)
+        self.dtype = self.model.dtype
+        self.r_max = float(self.model.r_max)
+        self.species = SpeciesMap(self.model.atomic_numbers)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        periodic = bool(atoms.pbc.any())
+        graph = collate([atoms_to_graph(atoms, self.species, self.r_max, source="atoms")])
+        graph = graph.to(device=self.device, dtype=self.dtype)
+        energy, forces, stress, atomic = run_model(self.model, graph, compute_stress=periodic)
+        e = float(energy.detach()[0])
+        self.results = {
+            "energy": e,
+            "free_energy": e,
+            "forces": forces.detach().cpu().double().numpy(),
+            "energies": atomic.detach().cpu().double().numpy(),
+        }
+        if periodic and stress is not None:
+            self.results["stress"] = full_3x3_to_voigt_6_stress(stress.detach()[0].cpu().double().numpy())
