@@ -1,0 +1,266 @@
+"""Speed of e3pot on the four standard cases, with peer results side by side.
+
+    python benchmarks/speed.py --data-dir ../shared/peers/data --peers /path/to/peers/results
+
+Cases: (a) energy+forces for an aspirin-sized molecule at batch 1 and 32; (b) a periodic
+768-atom water box at 1 g/cm^3, r_max 5 Å (in a child process, for its peak memory); (c) one
+training step on 5 aspirin frames (energy+force loss, double backward, Adam); (d) ASE MD steps
+through the calculator. Each figure is the median of --reps repetitions after warm-up. (a)-(c)
+time the model on a prepared graph, as the peer scripts do; (d) includes the neighbour list.
+Prints markdown tables and writes JSON (--out).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import structures  # noqa: E402
+
+from e3pot.data.graph import collate  # noqa: E402
+from e3pot.data.neighbors import SpeciesMap, atoms_to_graph  # noqa: E402
+from e3pot.model.forces import evaluate  # noqa: E402
+from e3pot.model.potential import E3Potential  # noqa: E402
+
+# Hyperparameters. "matched" equals the NequIP peer model (r_max 5, l_max 2, parity, 32 features,
+# 4 layers, 8 Bessel, p = 6, radial MLP 2 x 64); "paper" has the NequIP-paper width.
+PRESETS = {
+    "small": dict(r_max=5.0, l_max=1, num_features=16, num_layers=3, num_basis=8, radial_hidden=32,
+                  radial_layers=2, parity=False),
+    "matched": dict(r_max=5.0, l_max=2, num_features=32, num_layers=4, num_basis=8, radial_hidden=64,
+                    radial_layers=2, parity=True),
+    "paper": dict(r_max=5.0, l_max=2, num_features=64, num_layers=4, num_basis=8, radial_hidden=64,
+                  radial_layers=2, parity=True),
+    "tiny": dict(r_max=3.0, l_max=1, num_features=4, num_layers=1, num_basis=4, radial_hidden=8,
+                 radial_layers=1, parity=False),
+}
+SPECIES = [1, 6, 8]
+
+
+def timeit(fn, reps: int, warmup: int) -> dict:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return {"median_s": statistics.median(times), "q1_s": times[len(times) // 4],
+            "q3_s": times[(3 * len(times)) // 4], "reps": reps}
+
+
+def build(preset: str, dtype: torch.dtype, avg_num_neighbors: float = 14.6) -> E3Potential:
+    torch.manual_seed(0)
+    return E3Potential(SPECIES, avg_num_neighbors=avg_num_neighbors, **PRESETS[preset]).to(dtype).eval()
+
+
+def graph_of(structs, model):
+    species = SpeciesMap(model.atomic_numbers)
+    return collate([atoms_to_graph(a, species, model.r_max) for a in structs]).to(dtype=model.dtype)
+
+
+def peak_rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def water_child(args) -> None:
+    torch.set_num_threads(args.threads)
+    model = build(args.preset, getattr(torch, args.dtype))
+    _, water, _ = structures.load(args.data_dir)
+    t0 = time.perf_counter()
+    graph = graph_of([water], model)
+    nl_s = time.perf_counter() - t0
+    r = timeit(lambda: evaluate(model, graph), args.water_reps, 2)
+    print(json.dumps({"n_atoms": len(water), "n_edges": int(graph.edge_index.shape[1]), "neighbor_list_s": nl_s,
+                      "step_s": r, "us_per_atom_step": r["median_s"] / len(water) * 1e6,
+                      "peak_rss_mb": peak_rss_mb()}))
+
+
+def run_case(args, preset: str, dtype_name: str) -> dict:
+    dtype = getattr(torch, dtype_name)
+    model = build(preset, dtype)
+    aspirin, _, _ = structures.load(args.data_dir)
+    n = len(aspirin)
+    res = {"preset": preset, "dtype": dtype_name, "n_params": sum(p.numel() for p in model.parameters()),
+           "hyperparams": PRESETS[preset]}
+    if "a" in args.parts:
+        for batch in (1, 32):
+            graph = graph_of(structures.perturbed(aspirin, batch, seed=1) if batch > 1 else [aspirin], model)
+            r = timeit(lambda: evaluate(model, graph), args.reps, 5)
+            res[f"a_B{batch}"] = {"step_s": r, "molecules_per_s": batch / r["median_s"],
+                                  "us_per_atom_step": r["median_s"] / (batch * n) * 1e6}
+    if "b" in args.parts:
+        argv = [sys.executable, os.path.abspath(__file__), "--water-child", "--preset", preset, "--dtypes", dtype_name,
+                "--threads", str(args.threads), "--water-reps", str(args.water_reps)]
+        if args.data_dir:
+            argv += ["--data-dir", args.data_dir]
+        out = subprocess.run(argv, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"water benchmark failed:\n{out.stderr[-3000:]}")
+        res["b_water"] = json.loads(out.stdout.strip().splitlines()[-1])
+    if "c" in args.parts:
+        train_model = build(preset, dtype).train()
+        graph = graph_of(structures.perturbed(aspirin, 5, seed=2), train_model)
+        rng = np.random.default_rng(0)
+        e_ref = torch.tensor(rng.normal(size=5), dtype=dtype)
+        f_ref = torch.tensor(rng.normal(size=(5 * n, 3)), dtype=dtype)
+        opt = torch.optim.Adam(train_model.parameters(), lr=1e-4)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            pred = evaluate(train_model, graph, training=True)
+            loss = ((pred.energy - e_ref) / n).pow(2).mean() + (pred.forces - f_ref).pow(2).mean()
+            loss.backward()
+            opt.step()
+
+        res["c_train_B5"] = {"step_s": timeit(step, args.reps, 3)}
+    if "d" in args.parts:
+        from ase import units
+        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+        from ase.md.verlet import VelocityVerlet
+
+        from e3pot.calculator import E3PotCalculator
+
+        atoms = aspirin.copy()
+        atoms.calc = E3PotCalculator(model)
+        MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+        dyn = VelocityVerlet(atoms, timestep=0.5 * units.fs)
+        dyn.run(5)
+        t0 = time.perf_counter()
+        dyn.run(args.md_steps)
+        dt = (time.perf_counter() - t0) / args.md_steps
+        res["d_md"] = {"steps": args.md_steps, "s_per_step": dt, "us_per_atom_step": dt / n * 1e6}
+    return res
+
+
+def fmt(x, spec="{:.1f}"):
+    return "—" if x is None else spec.format(x)
+
+
+def get(d, *keys):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def row(name, dtype, params, a1, a32, b, c, d, source):
+    return (f"| {name} | {dtype} | {params} | {fmt(get(a1, 'molecules_per_s'))} | {fmt(get(a32, 'molecules_per_s'))} | "
+            f"{fmt(get(a32, 'us_per_atom_step'), '{:.0f}')} | {fmt(get(b, 'step_s', 'median_s'), '{:.3f}')} | "
+            f"{fmt(get(b, 'us_per_atom_step'), '{:.0f}')} | {fmt(b.get('peak_rss_mb') / 1024 if isinstance(b, dict) and b.get('peak_rss_mb') else None, '{:.2f}')} | "
+            f"{fmt(get(c, 'step_s', 'median_s'), '{:.3f}')} | {fmt(get(d, 's_per_step') * 1e3 if get(d, 's_per_step') else None)} | {source} |")
+
+
+HEADER = ("| model | dtype | params | (a) B=1 mol/s | (a) B=32 mol/s | (a) B=32 µs/atom | (b) water s/step | "
+          "(b) µs/atom | (b) peak RSS GiB | (c) train s/step | (d) MD ms/step | source |\n" + "|---" * 12 + "|")
+
+
+def load_peers(folder: str, threads: int) -> list:
+    """Peer results (JSON written by the peer benchmark scripts), as table rows and timings."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(folder, f"*_t{threads}.json"))):
+        lines = [ln for ln in open(path) if ln.strip().startswith("{")]
+        if not lines:
+            continue
+        r = json.loads(lines[-1])
+        variants = [("eager", "", "b_water", "d_md_eager" if r["package"] == "nequip" else "d_md")]
+        if r["package"] == "nequip":
+            variants.append(("AOTInductor", "_aoti", "b_water_aoti", "d_md_aoti"))
+        for label, suffix, bkey, dkey in variants:
+            b = r.get(bkey)
+            if isinstance(b, dict):
+                b = dict(b, peak_rss_mb=b.get("peak_rss_mb_usr_bin_time"))
+            out.append({"name": f"{r['package']} {r['version']} ({label})", "dtype": r["dtype"],
+                        "params": r.get("n_params"), "a1": r.get(f"a_B1{suffix}"), "a32": r.get(f"a_B32{suffix}"),
+                        "b": b, "c": r.get("c_train_B5") if label == "eager" else None, "d": r.get(dkey),
+                        "source": os.path.basename(path)})
+    return out
+
+
+def ratio_table(ours: list, peers: list, preset: str = "matched") -> str:
+    """Peer time / e3pot time (> 1: e3pot faster), one e3pot preset against each peer row."""
+    lines = [f"| e3pot ({preset}) vs | dtype | (a) B=1 | (a) B=32 | (b) water | (c) train | (d) MD |", "|---" * 7 + "|"]
+    for p in peers:
+        mine = next((r for r in ours if r["preset"] == preset and r["dtype"] == p["dtype"]), None)
+        if mine is None:
+            continue
+
+        def ratio(peer_val, my_val):
+            return fmt(peer_val / my_val if peer_val and my_val else None, "{:.2f}×")
+
+        lines.append(
+            f"| {p['name']} | {p['dtype']} | {ratio(get(p['a1'], 'step_s', 'median_s'), get(mine, 'a_B1', 'step_s', 'median_s'))} | "
+            f"{ratio(get(p['a32'], 'step_s', 'median_s'), get(mine, 'a_B32', 'step_s', 'median_s'))} | "
+            f"{ratio(get(p['b'], 'step_s', 'median_s'), get(mine, 'b_water', 'step_s', 'median_s'))} | "
+            f"{ratio(get(p['c'], 'step_s', 'median_s'), get(mine, 'c_train_B5', 'step_s', 'median_s'))} | "
+            f"{ratio(get(p['d'], 's_per_step'), get(mine, 'd_md', 's_per_step'))} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--presets", nargs="+", default=["small", "matched", "paper"], choices=list(PRESETS))
+    p.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
+    p.add_argument("--parts", default="abcd")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--water-reps", type=int, default=20)
+    p.add_argument("--md-steps", type=int, default=100)
+    p.add_argument("--data-dir", default=os.path.join("..", "shared", "peers", "data"),
+                   help="folder with aspirin.xyz and water_box.xyz (else generated stand-ins)")
+    p.add_argument("--peers", help="folder of peer result JSON files (<pkg>_<dtype>_t<threads>.json)")
+    p.add_argument("--compare-preset", default="matched", help="the e3pot preset set against the peers")
+    p.add_argument("--out", default=os.path.join("benchmarks", "results", "speed.json"))
+    p.add_argument("--water-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--preset", default="matched", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.water_child:
+        args.dtype = args.dtypes[0]
+        water_child(args)
+        return {}
+    torch.set_num_threads(args.threads)
+    _, _, described = structures.load(args.data_dir)
+    results = []
+    for preset in args.presets:
+        for dtype in args.dtypes:
+            print(f"timing {preset} {dtype} ...", file=sys.stderr, flush=True)
+            results.append(run_case(args, preset, dtype))
+    peers = load_peers(args.peers, args.threads) if args.peers else []
+    print(f"\nStructures: {described}; {args.threads} threads; torch {torch.__version__}; medians of {args.reps} "
+          f"repetitions ({args.water_reps} for water).\n")
+    print(HEADER)
+    for r in results:
+        print(row(f"e3pot {r['preset']}", r["dtype"], f"{r['n_params']:,}", r.get("a_B1"), r.get("a_B32"),
+                  r.get("b_water"), r.get("c_train_B5"), r.get("d_md"), "this run"))
+    for q in peers:
+        print(row(q["name"], q["dtype"], f"{q['params']:,}" if q["params"] else "—", q["a1"], q["a32"], q["b"],
+                  q["c"], q["d"], q["source"]))
+    if peers:
+        print("\nSpeed-up of e3pot over each peer (peer time / e3pot time; > 1 means e3pot is faster):\n")
+        print(ratio_table(results, peers, args.compare_preset))
+    out = {"env": {"torch": torch.__version__, "threads": args.threads, "structures": described},
+           "e3pot": results, "peers": peers}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as fh:
+        json.dump(out, fh, indent=1, default=float)
+    print(f"\nwrote {args.out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Smoke runs of the benchmark scripts at tiny sizes, so that they keep working."""
+import json
+import os
+import sys
+
+import numpy as np
+from ase.build import molecule
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import rmd17  # noqa: E402
+import speed  # noqa: E402
+
+
+def test_speed_smoke(tmp_path, capsys):
+    peers = tmp_path / "peers"
+    peers.mkdir()
+    fake = {"package": "nequip", "version": "0.0", "dtype": "float32", "n_params": 10,
+            "a_B1": {"step_s": {"median_s": 1.0}, "molecules_per_s": 1.0},
+            "a_B32": {"step_s": {"median_s": 2.0}, "molecules_per_s": 16.0, "us_per_atom_step": 1.0},
+            "b_water": {"step_s": {"median_s": 3.0}, "us_per_atom_step": 1.0, "peak_rss_mb_usr_bin_time": 1024},
+            "c_train_B5": {"step_s": {"median_s": 4.0}}, "d_md_eager": {"s_per_step": 5.0}}
+    (peers / "nequip_float32_t1.json").write_text(json.dumps(fake) + "\n")
+    out = speed.main(["--presets", "tiny", "--compare-preset", "tiny", "--dtypes", "float32", "--reps", "2", "--water-reps", "2",
+                      "--md-steps", "2", "--threads", "1", "--data-dir", str(tmp_path / "none"),
+                      "--peers", str(peers), "--out", str(tmp_path / "speed.json"), "--parts", "abcd"])
+    text = capsys.readouterr().out
+    assert "| e3pot tiny | float32 |" in text and "nequip 0.0 (eager)" in text
+    assert "Speed-up of e3pot over each peer" in text
+    (tiny,) = out["e3pot"]
+    for key in ("a_B1", "a_B32", "b_water", "c_train_B5", "d_md"):
+        assert key in tiny
+    assert tiny["b_water"]["peak_rss_mb"] > 0 and tiny["a_B32"]["molecules_per_s"] > 0
+    assert "| nequip 0.0 (eager) | float32 |" in text.split("Speed-up")[1]
+    assert json.loads((tmp_path / "speed.json").read_text())["peers"][0]["name"] == "nequip 0.0 (eager)"
+
+
+def fake_rmd17(folder, name, n):
+    rng = np.random.default_rng(len(name) + n)
+    ref = molecule("CH3CH2OH")
+    np.savez(folder / name, coords=ref.positions[None] + rng.normal(scale=0.05, size=(n, 9, 3)),
+             nuclear_charges=ref.numbers.astype(np.uint8), energies=rng.normal(size=n) - 97000.0,
+             forces=rng.normal(size=(n, 9, 3)))
+
+
+def test_rmd17_smoke(tmp_path, capsys, monkeypatch):
+    fake_rmd17(tmp_path, "rmd17_fake_train_01.npz", 70)
+    fake_rmd17(tmp_path, "rmd17_fake_test_01.npz", 10)
+    monkeypatch.chdir(tmp_path)
+    out = rmd17.main(["--data", str(tmp_path), "--molecule", "fake", "--minutes", "1", "--learning-curve", "10", "20",
+                      "--out", str(tmp_path / "results"), "--",
+                      "--trainer.max_epochs", "1", "--model.l_max", "1", "--model.num_features", "4",
+                      "--model.num_layers", "1", "--model.radial_hidden", "8", "--trainer.enable_model_summary", "false"])
+    text = capsys.readouterr().out
+    assert [p["n_train"] for p in out["points"]] == [10, 20]
+    assert all(p["n_test"] == 10 and np.isfinite(p["forces_mae_meV_A"]) for p in out["points"])
+    assert "| e3pot | 10 | 1 min CPU |" in text
+    assert (tmp_path / "results" / "rmd17_fake_1min_curve.json").exists()
