@@ -92,8 +92,10 @@ class E3Potential(nn.Module):
         self.embedding = o3.Linear(o3.Irreps(f"{n_species}x0e"), o3.Irreps(f"{num_features}x0e"))
         target = hidden_irreps(num_features, l_max, parity)
         layers, irreps = [], self.embedding.irreps_out
-        for _ in range(num_layers):
-            layer = Interaction(irreps, self.irreps_sh, target, n_species, num_basis,
+        for k in range(num_layers):
+            # The readout sees only the scalars of the last layer, so that layer makes nothing else.
+            layer_target = target if k < num_layers - 1 else o3.Irreps(f"{num_features}x0e")
+            layer = Interaction(irreps, self.irreps_sh, layer_target, n_species, num_basis,
                                 radial_hidden, radial_layers, avg_num_neighbors)
             layers.append(layer)
             irreps = layer.irreps_out

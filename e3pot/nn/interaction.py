@@ -1,6 +1,6 @@
 """One NequIP-style interaction block on e3nn.
 
-    h -> Linear -> TP(h_j, Y(r_ij)) with per-edge weights from a radial MLP
+    h -> Linear -> TP(h_j, Y(r_ij)) with per-edge weights from a radial MLP (EdgeTensorProductScatter)
       -> sum over neighbours / sqrt(avg_num_neighbors) -> Linear
       + self-connection(h, species) -> Gate -> (+ h when the irreps match)
 """
@@ -14,7 +14,7 @@ from e3nn import o3
 from e3nn.util.jit import compile_mode
 from torch import Tensor, nn
 
-from e3pot.nn.scatter import scatter_sum
+from e3pot.nn.tensor_product import EdgeTensorProductScatter
 
 
 def _reachable(irreps_in: o3.Irreps, irreps_sh: o3.Irreps, ir_out: o3.Irrep) -> bool:
@@ -63,27 +63,24 @@ class Interaction(nn.Module):
         self.gate = gate_for(self.irreps_in, self.irreps_sh, irreps_target)
         wanted = {ir for _, ir in self.gate.irreps_in}
 
-        irreps_mid, instructions = [], []
-        for i, (mul, ir_in) in enumerate(self.irreps_in):
-            for j, (_, ir_edge) in enumerate(self.irreps_sh):
-                for ir_out in ir_in * ir_edge:
-                    if ir_out in wanted:
-                        instructions.append((i, j, len(irreps_mid), "uvu", True))
-                        irreps_mid.append((mul, ir_out))
-        irreps_mid = o3.Irreps(irreps_mid)
-        irreps_mid, perm, _ = irreps_mid.sort()
-        instructions = [(i, j, perm[k], mode, train) for i, j, k, mode, train in instructions]
-
         self.linear_in = o3.Linear(self.irreps_in, self.irreps_in)
-        self.tp = o3.TensorProduct(self.irreps_in, self.irreps_sh, irreps_mid, instructions,
-                                   shared_weights=False, internal_weights=False)
+        self.tp = EdgeTensorProductScatter(self.irreps_in, self.irreps_sh, wanted)
         self.radial = enn.FullyConnectedNet(
             [num_basis] + radial_layers * [radial_hidden] + [self.tp.weight_numel], torch.nn.functional.silu)
-        self.linear_out = o3.Linear(irreps_mid.simplify(), self.gate.irreps_in)
+        self.linear_out = o3.Linear(self.tp.irreps_out, self.gate.irreps_in)
         self.self_connection = o3.FullyConnectedTensorProduct(
             self.irreps_in, o3.Irreps(f"{num_species}x0e"), self.gate.irreps_in)
         self.irreps_out = self.gate.irreps_out
-        self.resnet = self.irreps_out == self.irreps_in
+        # Residual update on the part of the input that the output shares: all of it, or (for a
+        # scalar-only last layer) the matching block of scalars.
+        self.res_start, self.res_stop = -1, -1
+        if self.irreps_out == self.irreps_in:
+            self.res_start, self.res_stop = 0, self.irreps_in.dim
+        elif len(self.irreps_out) == 1:
+            for block, sl in zip(self.irreps_in, self.irreps_in.slices()):
+                if block == self.irreps_out[0]:
+                    self.res_start, self.res_stop = sl.start, sl.stop
+        self.resnet = self.res_start >= 0
         self.norm = 1.0 / math.sqrt(avg_num_neighbors)
 
     def forward(self, h: Tensor, onehot: Tensor, sh: Tensor, radial: Tensor, edge_index: Tensor) -> Tensor:
@@ -91,8 +88,7 @@ class Interaction(nn.Module):
         # radial (n_edges, num_basis), edge_index (2, n_edges) [sender, receiver]
         sender, receiver = edge_index[0], edge_index[1]
         x = self.linear_in(h)
-        messages = self.tp(x[sender], sh, self.radial(radial))  # (n_edges, irreps_mid.dim)
-        x = scatter_sum(messages, receiver, h.shape[0]) * self.norm
+        x = self.tp(x, sh, self.radial(radial), sender, receiver) * self.norm  # (n_atoms, tp.irreps_out.dim)
         x = self.linear_out(x) + self.self_connection(h, onehot)
         x = self.gate(x)
-        return h + x if self.resnet else x
+        return h[:, self.res_start:self.res_stop] + x if self.resnet else x
