@@ -87,6 +87,8 @@ def run(args) -> int:
     from e3pot.model.runtime import load_any
     from e3pot.predict import iter_predictions
 
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     model = load_any(args.model, device=args.device, dtype=args.dtype)
     pending: collections.deque = collections.deque()
 
@@ -97,7 +99,8 @@ def run(args) -> int:
 
     errors = _Errors()
     tmp = f"{args.output}.partial"
-    csv_fh = open(args.csv, "w", newline="") if args.csv else None
+    csv_tmp = f"{args.csv}.partial" if args.csv else None  # like the output: complete or absent
+    csv_fh = open(csv_tmp, "w", newline="") if csv_tmp else None
     writer = csv.writer(csv_fh) if csv_fh else None
     if writer:
         writer.writerow(["index", "source", "n_atoms", "energy_eV", "energy_per_atom_eV"])
@@ -122,11 +125,15 @@ def run(args) -> int:
                 bar.update(1)
             bar.close()
         os.replace(tmp, args.output)
+        if csv_fh:
+            csv_fh.close()
+            os.replace(csv_tmp, args.csv)
     finally:
         if csv_fh:
             csv_fh.close()
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for path in (tmp, csv_tmp):
+            if path and os.path.exists(path):
+                os.remove(path)
     print(f"wrote {n} structures to {args.output}" + (f" and {args.csv}" if args.csv else ""))
     table = errors.table()
     if table:
