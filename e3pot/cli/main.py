@@ -23,7 +23,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if command == "train":
         from e3pot.train.cli import main as train_main
 
-        train_main(rest)
+        train_main(rest, prog="e3pot train")
         return 0
     if command == "predict":
         from e3pot.cli.predict import main as predict_main

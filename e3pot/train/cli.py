@@ -43,7 +43,7 @@ def _format_metrics(metrics: dict) -> str:
     return "\n".join(f"  {name:<12} {float(metrics[key]):10.3f} {unit}" for name, key, unit in rows if key in metrics)
 
 
-def main(args: Optional[List[str]] = None) -> str:
+def main(args: Optional[List[str]] = None, prog: Optional[str] = None) -> str:
     """Train, then write the EMA weights of the best checkpoint as a standalone model file."""
     warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
@@ -59,7 +59,7 @@ def main(args: Optional[List[str]] = None) -> str:
             "gradient_clip_val": 10.0,
             "log_every_n_steps": 10,
         },
-        parser_kwargs={"description": "Train an e3pot potential."},
+        parser_kwargs={"description": "Train an e3pot potential.", **({"prog": prog} if prog else {})},
     )
     trainer, module, data = cli.trainer, cli.model, cli.datamodule
     resume = cli.config.get("resume")
