@@ -6,8 +6,10 @@ edge convention) and returns ``(energy, forces, stress, atomic_energies)``; the 
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
+import warnings
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -38,10 +40,10 @@ def export_model(model, path: str, metadata: Optional[Dict[str, Any]] = None) ->
     """Write ``model`` (an ``E3Potential``) as a TorchScript archive at ``path``."""
     from e3pot import __version__
 
-    import copy
-
     model = copy.deepcopy(model).eval()
-    scripted = e3nn_compile(_Exported(model))
+    with warnings.catch_warnings():  # TorchScript's notes on e3nn's generated modules
+        warnings.simplefilter("ignore", UserWarning)
+        scripted = e3nn_compile(_Exported(model))
     info = {
         "format": "e3pot-torchscript", "e3pot_version": __version__,
         "atomic_numbers": list(model.atomic_numbers), "r_max": model.r_max, "dtype": dtype_name(model.dtype),
