@@ -1,7 +1,7 @@
 """Predictions for many ``ase.Atoms`` at once, batched, on a stream of structures."""
 from __future__ import annotations
 
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional
 
 import numpy as np
 import torch

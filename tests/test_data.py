@@ -1,7 +1,6 @@
 """Reading structures, units, splits, and the errors bad data gets."""
 import numpy as np
 import pytest
-import torch
 from ase import Atoms
 from ase.build import molecule
 from ase.calculators.singlepoint import SinglePointCalculator

@@ -49,7 +49,7 @@ class E3PotModule(pl.LightningModule):
         self.use_stress = False
 
     # -- building ---------------------------------------------------------------------------
-    def _check_labels(self, dataset, name: str) -> None:
+    def _check_labels(self, dataset) -> None:
         hp = self.hparams
         needed = [("energy", hp.energy_weight), ("forces", hp.forces_weight)]
         for k, (_, labels) in enumerate(dataset.items):
@@ -63,8 +63,8 @@ class E3PotModule(pl.LightningModule):
             return
         dm = self.trainer.datamodule
         dm.setup(stage)
-        self._check_labels(dm.train_set, "training")
-        self._check_labels(dm.val_set, "validation")
+        self._check_labels(dm.train_set)
+        self._check_labels(dm.val_set)
         z = dm.atomic_numbers
         hp = self.hparams
         if hp.e0s == "fit":
