@@ -34,20 +34,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _stream(paths: List[str]) -> Iterator[Tuple[str, object]]:
-    import ase.io
-
-    from e3pot.data.io import DataError
+    from e3pot.data.io import DataError, iter_atoms
 
     for path in paths:
         if not os.path.exists(path):
             raise DataError(f"{path}: no such file")
-        try:
-            for k, atoms in enumerate(ase.io.iread(path, index=":")):
-                yield f"{path}, frame {k}", atoms
-        except DataError:
-            raise
-        except Exception as exc:
-            raise DataError(f"{path}: cannot read structures ({type(exc).__name__}: {exc})") from exc
+        for k, atoms in enumerate(iter_atoms(path)):
+            yield f"{path}, frame {k}", atoms
 
 
 def _reference(atoms) -> Tuple[Optional[float], Optional[np.ndarray]]:

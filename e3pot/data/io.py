@@ -69,26 +69,33 @@ def check_frame(frame: Frame, require: Sequence[str] = ()) -> Frame:
     return frame
 
 
-def iter_frames(path: str, labels: LabelSpec = LabelSpec(), index: str = ":",
-                require: Sequence[str] = ()) -> Iterator[Frame]:
-    """Yield checked frames from ``path`` one at a time, converted to eV and Å."""
+def iter_atoms(path: str, index: str = ":") -> Iterator:
+    """Yield ``ase.Atoms`` from an ASE-readable file one at a time; unreadable files raise
+    :class:`DataError` naming the file."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such data file: {path}")
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         raise DataError(f"{path}: contains no structures (the file is empty)")
-    if path.endswith(".npz"):
-        yield from _iter_npz(path, labels, require)
-        return
     import ase.io
 
     try:
-        iterator = ase.io.iread(path, index=index)
-        for k, atoms in enumerate(iterator):
-            yield check_frame(frame_from_atoms(atoms, labels, source=f"{path}, frame {k}"), require)
+        yield from ase.io.iread(path, index=index)
     except DataError:
         raise
     except Exception as exc:  # ASE raises many types for unreadable files
         raise DataError(f"{path}: cannot read structures ({type(exc).__name__}: {exc})") from exc
+
+
+def iter_frames(path: str, labels: LabelSpec = LabelSpec(), index: str = ":",
+                require: Sequence[str] = ()) -> Iterator[Frame]:
+    """Yield checked frames from ``path`` one at a time, converted to eV and Å."""
+    if path.endswith(".npz"):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no such data file: {path}")
+        yield from _iter_npz(path, labels, require)
+        return
+    for k, atoms in enumerate(iter_atoms(path, index)):
+        yield check_frame(frame_from_atoms(atoms, labels, source=f"{path}, frame {k}"), require)
 
 
 def read_frames(path: str, labels: LabelSpec = LabelSpec(), index: str = ":",
