@@ -1,7 +1,7 @@
 """One NequIP-style interaction block on e3nn.
 
-    h -> Linear -> TP(h_j, Y(r_ij)) with per-edge weights from a radial MLP (EdgeTensorProductScatter)
-      -> sum over neighbours / sqrt(avg_num_neighbors) -> Linear
+    h -> Linear -> TP(h_j, Y(r_ij)) with per-edge weights from a radial MLP
+      -> sum over neighbours / sqrt(avg_num_neighbors) -> Linear   (all three: EdgeTensorProductScatter)
       + self-connection(h, species) -> Gate -> (+ h when the irreps match)
 """
 from __future__ import annotations
@@ -61,13 +61,12 @@ class Interaction(nn.Module):
         if avg_num_neighbors <= 0:
             raise ValueError(f"interaction: avg_num_neighbors must be > 0, got {avg_num_neighbors}")
         self.gate = gate_for(self.irreps_in, self.irreps_sh, irreps_target)
-        wanted = {ir for _, ir in self.gate.irreps_in}
 
         self.linear_in = o3.Linear(self.irreps_in, self.irreps_in)
-        self.tp = EdgeTensorProductScatter(self.irreps_in, self.irreps_sh, wanted)
+        self.conv = EdgeTensorProductScatter(self.irreps_in, self.irreps_sh, self.gate.irreps_in,
+                                             norm=1.0 / math.sqrt(avg_num_neighbors))
         self.radial = enn.FullyConnectedNet(
-            [num_basis] + radial_layers * [radial_hidden] + [self.tp.weight_numel], torch.nn.functional.silu)
-        self.linear_out = o3.Linear(self.tp.irreps_out, self.gate.irreps_in)
+            [num_basis] + radial_layers * [radial_hidden] + [self.conv.weight_numel], torch.nn.functional.silu)
         self.self_connection = o3.FullyConnectedTensorProduct(
             self.irreps_in, o3.Irreps(f"{num_species}x0e"), self.gate.irreps_in)
         self.irreps_out = self.gate.irreps_out
@@ -81,14 +80,13 @@ class Interaction(nn.Module):
                 if block == self.irreps_out[0]:
                     self.res_start, self.res_stop = sl.start, sl.stop
         self.resnet = self.res_start >= 0
-        self.norm = 1.0 / math.sqrt(avg_num_neighbors)
 
     def forward(self, h: Tensor, onehot: Tensor, sh: Tensor, radial: Tensor, edge_index: Tensor) -> Tensor:
         # h (n_atoms, irreps_in.dim), onehot (n_atoms, n_species), sh (n_edges, irreps_sh.dim),
         # radial (n_edges, num_basis), edge_index (2, n_edges) [sender, receiver]
         sender, receiver = edge_index[0], edge_index[1]
         x = self.linear_in(h)
-        x = self.tp(x, sh, self.radial(radial), sender, receiver) * self.norm  # (n_atoms, tp.irreps_out.dim)
-        x = self.linear_out(x) + self.self_connection(h, onehot)
+        x = self.conv(x, sh, self.radial(radial), sender, receiver)  # (n_atoms, gate.irreps_in.dim)
+        x = x + self.self_connection(h, onehot)
         x = self.gate(x)
         return h[:, self.res_start:self.res_stop] + x if self.resnet else x
