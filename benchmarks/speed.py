@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import structures  # noqa: E402
 
+from e3pot.allocator import tune_allocator  # noqa: E402
 from e3pot.data.graph import collate  # noqa: E402
 from e3pot.data.neighbors import SpeciesMap, atoms_to_graph  # noqa: E402
 from e3pot.model.forces import evaluate  # noqa: E402
@@ -78,6 +79,7 @@ def peak_rss_mb() -> float:
 
 
 def water_child(args) -> None:
+    tune_allocator()  # unless the parent set E3POT_MALLOC=off
     torch.set_num_threads(args.threads)
     model = build(args.preset, getattr(torch, args.dtype))
     _, water, _ = structures.load(args.data_dir)
@@ -225,6 +227,8 @@ def main(argv=None) -> dict:
                    help="folder with aspirin.xyz and water_box.xyz (else generated stand-ins)")
     p.add_argument("--peers", help="folder of peer result JSON files (<pkg>_<dtype>_t<threads>.json)")
     p.add_argument("--compare-preset", default="matched", help="the e3pot preset set against the peers")
+    p.add_argument("--malloc", choices=["tuned", "default"], default="tuned",
+                   help="tuned: e3pot.tune_allocator(), as the calculator and the CLIs do; default: glibc as is")
     p.add_argument("--out", default=os.path.join("benchmarks", "results", "speed.json"))
     p.add_argument("--water-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--preset", default="matched", help=argparse.SUPPRESS)
@@ -234,6 +238,11 @@ def main(argv=None) -> dict:
         water_child(args)
         return {}
     torch.set_num_threads(args.threads)
+    if args.malloc == "tuned":
+        applied = tune_allocator()
+    else:
+        os.environ["E3POT_MALLOC"] = "off"  # also for the water child process
+        applied = {}
     _, _, described = structures.load(args.data_dir)
     results = []
     for preset in args.presets:
@@ -242,7 +251,7 @@ def main(argv=None) -> dict:
             results.append(run_case(args, preset, dtype))
     peers = load_peers(args.peers, args.threads) if args.peers else []
     print(f"\nStructures: {described}; {args.threads} threads; torch {torch.__version__}; medians of {args.reps} "
-          f"repetitions ({args.water_reps} for water).\n")
+          f"repetitions ({args.water_reps} for water); malloc: {applied or 'glibc defaults'}.\n")
     print(HEADER)
     for r in results:
         print(row(f"e3pot {r['preset']}", r["dtype"], f"{r['n_params']:,}", r.get("a_B1"), r.get("a_B32"),
@@ -253,7 +262,7 @@ def main(argv=None) -> dict:
     if peers:
         print("\nSpeed-up of e3pot over each peer (peer time / e3pot time; > 1 means e3pot is faster):\n")
         print(ratio_table(results, peers, args.compare_preset))
-    out = {"env": {"torch": torch.__version__, "threads": args.threads, "structures": described},
+    out = {"env": {"torch": torch.__version__, "threads": args.threads, "structures": described, "malloc": applied},
            "e3pot": results, "peers": peers}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as fh:

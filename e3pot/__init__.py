@@ -7,6 +7,7 @@ from e3pot.model.io import load_model, save_model  # noqa: E402
 from e3pot.model.potential import E3Potential  # noqa: E402
 from e3pot.predict import predict  # noqa: E402
 from e3pot.calculator import E3PotCalculator  # noqa: E402
+from e3pot.allocator import tune_allocator  # noqa: E402
 
 __all__ = ["AtomicGraph", "Labels", "collate", "Prediction", "evaluate", "load_model", "save_model",
-           "E3Potential", "predict", "E3PotCalculator", "__version__"]
+           "E3Potential", "predict", "E3PotCalculator", "tune_allocator", "__version__"]

@@ -7,6 +7,7 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from e3pot.allocator import tune_allocator
 from e3pot.data.graph import collate
 from e3pot.data.neighbors import SpeciesMap, atoms_to_graph
 from e3pot.model.runtime import load_any, run_model
@@ -22,12 +23,15 @@ class E3PotCalculator(Calculator):
 
     Implements ``energy``, ``free_energy``, ``forces``, per-atom ``energies`` and, for periodic
     cells, ``stress`` (ASE's Voigt order, eV/Å^3). The neighbour list is rebuilt at every call.
+    On the CPU it applies :func:`e3pot.allocator.tune_allocator` (``E3POT_MALLOC=off`` to opt out).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "energies", "stress"]
 
     def __init__(self, model, device: str = "cpu", dtype: Optional[str] = None, **kwargs):
         super().__init__(**kwargs)
+        if torch.device(device).type == "cpu":
+            tune_allocator()
         self.model = load_any(model, device=device, dtype=dtype)
         self.device = torch.device(device)
         self.dtype = self.model.dtype

@@ -225,11 +225,12 @@ def test_cell_relaxation_with_frechet_filter():
     """Positions and cell relax together through the stress.
 
     A random model need not have a minimum near a given crystal (many collapse or expand); for
-    ``make_model()`` this SiC cell has one. If the architecture or ``make_model`` changes and the
-    cell collapses, pick another structure. Two different distorted starts must reach the same
-    minimum, where ASE's numerical stress is also zero.
+    ``make_model(seed=4)`` this SiC cell has one. If the architecture or ``make_model`` changes
+    and the cell collapses or the two starts end in different minima, pick another seed or
+    structure. Two different distorted starts must reach the same minimum, where ASE's numerical
+    stress is also zero.
     """
-    calc = E3PotCalculator(make_model())
+    calc = E3PotCalculator(make_model(seed=4))
     final = []
     for seed in (0, 1):
         atoms = bulk("SiC", "zincblende", a=4.36)

@@ -67,3 +67,19 @@ def test_edge_convolution_matches_e3nn(irreps_in, irreps_out, float64_default):
 def test_edge_convolution_rejects_unreachable_output():
     with pytest.raises(ValueError, match="no tensor-product path.*2o"):
         EdgeTensorProductScatter("3x0e", "1x0e + 1x1o", "2x0e + 1x2o")
+
+
+@pytest.mark.parametrize("setting", ["on", "off"])
+def test_tune_allocator_opt_out(setting):
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc malloc only")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "LD_PRELOAD")}
+    env["E3POT_MALLOC"] = setting
+    code = "from e3pot.allocator import tune_allocator; print(sorted(tune_allocator()))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ("['mmap_max', 'trim_threshold']" if setting == "on" else "[]")

@@ -136,6 +136,9 @@ def run(args) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    from e3pot.allocator import tune_allocator
+
+    tune_allocator()
     from e3pot.data.io import DataError
 
     try:

@@ -9,6 +9,7 @@ from typing import List, Optional
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 
+from e3pot.allocator import tune_allocator
 from e3pot.model.io import save_model
 from e3pot.train.datamodule import E3PotDataModule
 from e3pot.train.module import E3PotModule
@@ -45,6 +46,7 @@ def _format_metrics(metrics: dict) -> str:
 
 def main(args: Optional[List[str]] = None, prog: Optional[str] = None) -> str:
     """Train, then write the EMA weights of the best checkpoint as a standalone model file."""
+    tune_allocator()
     warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
