@@ -181,3 +181,18 @@ def test_export_runs_with_torch_alone(exported, tmp_path):
         else:
             assert g["stress"] is None
     assert e3pot.load_model(model_path).dtype == torch.float64
+
+
+def test_model_file_from_another_format_is_refused(model_file_64, tmp_path):
+    payload = torch.load(model_file_64, weights_only=True)
+    for version, message in ((payload["format_version"] - 1, "older than this e3pot reads.*retrain"),
+                             (payload["format_version"] + 1, "newer than this e3pot understands")):
+        path = str(tmp_path / f"v{version}.pt")
+        torch.save(dict(payload, format_version=version), path)
+        with pytest.raises(ValueError, match=message):
+            e3pot.load_model(path)
+    broken = dict(payload, state_dict={k: v for k, v in payload["state_dict"].items() if "conv" not in k})
+    path = str(tmp_path / "broken.pt")
+    torch.save(broken, path)
+    with pytest.raises(ValueError, match="broken.pt: weights do not fit"):
+        e3pot.load_model(path)

@@ -9,7 +9,7 @@ import torch
 from e3pot.model.potential import E3Potential
 
 FORMAT = "e3pot-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: fused edge convolution (parameter layout of format 1 no longer loads)
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -59,6 +59,10 @@ def read_model_file(path: str) -> Dict[str, Any]:
     if payload["format_version"] > FORMAT_VERSION:
         raise ValueError(f"{path}: model format {payload['format_version']} is newer than this e3pot "
                          f"understands ({FORMAT_VERSION}); upgrade e3pot")
+    if payload["format_version"] < FORMAT_VERSION:
+        raise ValueError(f"{path}: model format {payload['format_version']} (written by e3pot "
+                         f"{payload.get('e3pot_version', '?')}) is older than this e3pot reads ({FORMAT_VERSION}); "
+                         "retrain the model with this version")
     return payload
 
 
@@ -70,7 +74,10 @@ def load_model(path: str, device: str | torch.device = "cpu", dtype: Optional[st
     """
     payload = read_model_file(path)
     model = E3Potential(**payload["config"])
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not fit the model described in the file ({exc})") from None
     if dtype is None:
         dtype = payload["dtype"]
     model = model.to(device=device, dtype=dtype_from_name(dtype) if isinstance(dtype, str) else dtype)
