@@ -82,6 +82,13 @@ def plot_curve(points: list, path: str, molecule: str) -> str | None:
     f = [p["forces_mae_meV_A"] for p in points]
     fig, ax = plt.subplots(figsize=(4.5, 3.5))
     ax.loglog(n, f, "o-", label="e3pot")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ax.set_xticks(n)
+    for axis in (ax.xaxis, ax.yaxis):  # plain numbers, not powers of ten
+        axis.set_major_formatter(ScalarFormatter())
+        axis.set_minor_formatter(NullFormatter())
+    ax.set_yticks(sorted({round(v, -1) for v in f} | {round(min(f) * 0.9, -1)}))
     ax.set_xlabel("training frames")
     ax.set_ylabel("force MAE on test (meV/Å)")
     ax.set_title(f"rMD17 {molecule}, {points[0]['minutes']:g} min per point")
