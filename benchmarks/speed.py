@@ -132,7 +132,10 @@ def run_case(args, preset: str, dtype_name: str) -> dict:
         res["c_train_B5"] = {"step_s": timeit(step, args.reps, 3)}
     if "d" in args.parts:
         from ase import units
-        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+        try:  # the ASE >= 3.29 name
+            from ase.md.velocitydistribution import thermalize_momenta as MaxwellBoltzmannDistribution
+        except ImportError:
+            from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
         from ase.md.verlet import VelocityVerlet
 
         from e3pot.calculator import E3PotCalculator
