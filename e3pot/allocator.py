@@ -4,11 +4,12 @@ Every energy+forces call allocates and frees the same edge-sized buffers (tens o
 hundred atoms). With glibc's default settings, free memory above 128 KiB at the top of the heap
 is handed back to the kernel, and blocks above the (dynamic) mmap threshold are unmapped on
 ``free``, so the next call touches fresh pages and pays one page fault per 4 KiB page. On the
-speed benchmark this made up a quarter of a training step.
+768-atom water box of the speed benchmark this cost 20 % of a call (2 threads); on a loaded
+machine the faults cost more.
 
 :func:`tune_allocator` raises the trim threshold and stops serving large blocks with ``mmap``, so
-freed memory is reused by the next call. Peak memory stays the same; the process keeps its
-high-water mark until it exits. The settings are process-wide. The calculator, ``e3pot train``
+freed memory is reused by the next call. Peak memory grows a little (7 % on the water box, from
+fragmentation), and the process keeps its high-water mark until it exits. The settings are process-wide. The calculator, ``e3pot train``
 and ``e3pot predict`` call it; set ``E3POT_MALLOC=off`` to leave malloc alone. It also does
 nothing when the user already tunes malloc (``MALLOC_*_`` or ``GLIBC_TUNABLES`` in the
 environment, or jemalloc/tcmalloc/mimalloc preloaded), and on platforms without glibc.

@@ -3,6 +3,7 @@ import pytest
 import torch
 from e3nn import o3
 
+from e3pot.model.potential import default_dtype
 from e3pot.nn.scatter import scatter_sum
 from e3pot.nn.tensor_product import EdgeTensorProductScatter
 
@@ -14,10 +15,8 @@ IRREPS_OUT = o3.Irreps("3x0e + 2x0e + 4x1o + 2x1e + 3x2e + 1x2o")
 
 @pytest.fixture
 def float64_default():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+    with default_dtype(torch.float64):
+        yield
 
 
 def reference(conv: EdgeTensorProductScatter, x, sh, w, sender, receiver, norm):
