@@ -1,0 +1,26 @@
+# make example   set up what is missing, then train the example model (models/example.pt)
+# make test      set up what is missing, then run the test suite
+# make setup     only the set-up: ./.venv with torch (CPU build unless an NVIDIA GPU is visible)
+#
+# E3POT_ENV=active make test   uses the active environment instead of ./.venv
+# See scripts/setup_env.sh for the other variables (PYTHON, TORCH_VERSION, TORCH_BUILD).
+
+E3POT_ENV ?= .venv
+export E3POT_ENV
+
+ifeq ($(E3POT_ENV),active)
+RUN := python
+else
+RUN := $(E3POT_ENV)/bin/python
+endif
+
+.PHONY: setup example test
+
+setup:
+	@bash scripts/setup_env.sh
+
+example: setup
+	$(RUN) train.py --config configs/example.yaml
+
+test: setup
+	$(RUN) -m pytest -q
