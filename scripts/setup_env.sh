@@ -60,8 +60,11 @@ else
     say "no NVIDIA GPU visible: installing torch==$TORCH_VERSION, the CPU build"
     # A CPU wheel already in pip's find-links (a local wheelhouse) is taken without a download;
     # otherwise the CPU-only index, which spares the gigabytes of CUDA packages.
-    "$py" -m pip install -q --no-index "torch==$TORCH_VERSION" 2>/dev/null \
-      || "$py" -m pip install -q "torch==$TORCH_VERSION" --index-url "$TORCH_CPU_INDEX"
+    if "$py" -m pip install -q --no-index --no-deps "torch==$TORCH_VERSION" 2>/dev/null; then
+      "$py" -m pip install -q "torch==$TORCH_VERSION"  # its dependencies, from the usual index
+    else
+      "$py" -m pip install -q "torch==$TORCH_VERSION" --index-url "$TORCH_CPU_INDEX"
+    fi
   fi
 fi
 
