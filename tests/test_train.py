@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from ase.io import read, write
 
 import e3pot
@@ -57,7 +58,10 @@ def test_loss_goes_down(trained):
     assert os.path.exists(os.path.join(run_dir, "checkpoints", "last.ckpt"))
     assert os.path.exists(model_path)
     val = e3pot.load_model(model_path).metadata["validation"]
-    assert {"val/forces_mae_meV_A", "val/energy_mae_meV_atom", "val/energy_rmse_meV"} <= set(val)
+    assert {"val/forces_mae_meV_A", "val/energy_mae_meV_atom", "val/energy_rmse_meV", "val/energy_mean_meV",
+            "val/energy_mean_meV_atom"} <= set(val)
+    assert abs(val["val/energy_mean_meV"]) <= val["val/energy_mae_meV"]
+    assert e3pot.load_model(model_path).energy_shift.dtype == torch.float64  # float32 model, float64 shifts
 
 
 def test_model_loads_in_new_process(trained, small_data):

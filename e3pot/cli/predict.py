@@ -67,10 +67,13 @@ class _Errors:
                                    ("forces", "meV/Å", self.f)):
             if len(values):
                 err = 1000 * (np.concatenate(values) if name == "forces" else np.array(values))
-                rows.append(f"| {name:<13} | {np.abs(err).mean():10.3f} | {np.sqrt((err ** 2).mean()):10.3f} | {unit:<8} |")
+                mean = "" if name == "forces" else f"{err.mean():+10.3f}"
+                rows.append(f"| {name:<13} | {np.abs(err).mean():10.3f} | {np.sqrt((err ** 2).mean()):10.3f} | "
+                            f"{mean:>10} | {unit:<8} |")
         if not rows:
             return ""
-        head = "| quantity      |        MAE |       RMSE | unit     |\n|---|---:|---:|---|"
+        head = ("| quantity      |        MAE |       RMSE | mean error | unit     |\n"
+                "|---|---:|---:|---:|---|")
         return head + "\n" + "\n".join(rows)
 
 

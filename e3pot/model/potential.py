@@ -52,7 +52,8 @@ class E3Potential(nn.Module):
         radial_hidden, radial_layers: width and depth of each radial MLP.
         parity: keep features of both parities for every l (full O(3) features).
         avg_num_neighbors: fitted on the training data; normalises neighbour sums.
-        energy_shift: per-species energy in eV (fitted E0s), in ``atomic_numbers`` order.
+        energy_shift: per-species energy in eV (fitted E0s), in ``atomic_numbers`` order; kept
+            and added in float64 in any model dtype.
         energy_scale: eV, multiplies the network output (fitted force RMS).
 
     The model is built in float64, so that e3nn's Clebsch-Gordan and normalisation constants
@@ -108,7 +109,7 @@ class E3Potential(nn.Module):
         self.register_buffer("energy_scale", torch.tensor(float(energy_scale)))
 
     def forward(self, graph: AtomicGraph) -> Tensor:
-        """Per-atom energies (n_atoms,) in eV."""
+        """Per-atom energies (n_atoms,) in eV, float64."""
         sender, receiver = graph.edge_index[0], graph.edge_index[1]
         vec = graph.positions[sender] - graph.positions[receiver] + graph.edge_shift  # (n_edges, 3)
         sh = self.sh(vec)  # (n_edges, irreps_sh.dim)
@@ -117,9 +118,19 @@ class E3Potential(nn.Module):
         h = self.embedding(onehot)
         for layer in self.layers:
             h = layer(h, onehot, sh, radial, graph.edge_index)
-        out = self.readout(h).squeeze(-1)  # (n_atoms,)
-        return out * self.energy_scale + self.energy_shift[graph.species]
+        out = self.readout(h).squeeze(-1) * self.energy_scale  # (n_atoms,) model dtype
+        # Energy bookkeeping in float64 whatever the model dtype: the shifts are thousands of eV,
+        # where float32 resolves only ~1 meV, and the per-atom energies are summed in float64.
+        return out.to(torch.float64) + self.energy_shift[graph.species]
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.energy_shift.dtype
+        """The dtype the network runs in (positions and cell are cast to it)."""
+        return self.energy_scale.dtype
+
+    def _apply(self, fn, recurse=True):
+        # .to(dtype)/.float()/.cuda() move the per-species shifts but never lower them from float64
+        shift = self.energy_shift
+        super()._apply(fn, recurse)
+        self.energy_shift = shift.to(device=self.energy_scale.device, dtype=torch.float64)
+        return self

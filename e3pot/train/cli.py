@@ -39,9 +39,12 @@ def _find_last(root: str) -> str:
 
 def _format_metrics(metrics: dict) -> str:
     rows = [("energy MAE", "val/energy_mae_meV_atom", "meV/atom"), ("energy RMSE", "val/energy_rmse_meV_atom", "meV/atom"),
+            ("energy mean error", "val/energy_mean_meV_atom", "meV/atom"),
             ("energy MAE", "val/energy_mae_meV", "meV"), ("energy RMSE", "val/energy_rmse_meV", "meV"),
+            ("energy mean error", "val/energy_mean_meV", "meV"),
             ("forces MAE", "val/forces_mae_meV_A", "meV/Å"), ("forces RMSE", "val/forces_rmse_meV_A", "meV/Å")]
-    return "\n".join(f"  {name:<12} {float(metrics[key]):10.3f} {unit}" for name, key, unit in rows if key in metrics)
+    return "\n".join(f"  {name:<17} {float(metrics[key]):+10.3f} {unit}" if "mean" in key
+                     else f"  {name:<17} {float(metrics[key]):10.3f} {unit}" for name, key, unit in rows if key in metrics)
 
 
 def main(args: Optional[List[str]] = None, prog: Optional[str] = None) -> str:

@@ -39,8 +39,8 @@ class ErrorMetrics:
 
     def _add(self, name: str, err: Tensor) -> None:
         err = err.detach().double()
-        new = torch.stack([err.abs().sum(), err.pow(2).sum(), torch.tensor(err.numel(), device=err.device,
-                                                                           dtype=torch.float64)])
+        new = torch.stack([err.abs().sum(), err.pow(2).sum(), err.sum(),
+                           torch.tensor(err.numel(), device=err.device, dtype=torch.float64)])
         self.sums[name] = self.sums[name] + new if name in self.sums else new
 
     def update(self, pred: Prediction, labels: Labels) -> None:
@@ -50,12 +50,15 @@ class ErrorMetrics:
         self._add("f", (pred.forces - labels.forces).reshape(-1))
 
     def compute(self) -> Dict[str, float]:
-        """MAE and RMSE in meV (per structure), meV/atom and meV/Å."""
+        """MAE and RMSE in meV (per structure), meV/atom and meV/Å; for energies also the mean
+        signed error (prediction - reference), which shows a constant offset at a glance."""
         out = {}
         names = {"e": "energy_{}_meV", "e_atom": "energy_{}_meV_atom", "f": "forces_{}_meV_A"}
         for key, pattern in names.items():
             if key in self.sums:
-                abs_sum, sq_sum, n = self.sums[key].tolist()
+                abs_sum, sq_sum, signed_sum, n = self.sums[key].tolist()
                 out[pattern.format("mae")] = 1000.0 * abs_sum / n
                 out[pattern.format("rmse")] = 1000.0 * (sq_sum / n) ** 0.5
+                if key != "f":
+                    out[pattern.format("mean")] = 1000.0 * signed_sum / n
         return out

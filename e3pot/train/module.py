@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 from typing import Dict, Literal, Optional, Union
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 
@@ -31,6 +32,9 @@ class E3PotModule(pl.LightningModule):
         lr_factor, lr_patience, lr_min: ReduceLROnPlateau on the validation loss.
         ema_decay: decay of the exponential moving average of weights; 0 disables it. The
             averaged weights are the ones validated and saved.
+        refit_shift: before every validation, re-fit the per-species energy shifts of the averaged
+            model by least squares on its training-set energy errors (at most ``refit_frames``
+            frames, a fixed random sample), so that no constant offset builds up in the energies.
     """
 
     def __init__(self, r_max: float = 5.0, l_max: int = 2, num_features: int = 32, num_layers: int = 4,
@@ -39,7 +43,7 @@ class E3PotModule(pl.LightningModule):
                  dtype: Literal["float32", "float64"] = "float32", energy_weight: float = 1.0,
                  forces_weight: float = 10.0, stress_weight: float = 0.0, lr: float = 0.005,
                  weight_decay: float = 0.0, lr_factor: float = 0.8, lr_patience: int = 10, lr_min: float = 1e-6,
-                 ema_decay: float = 0.99):
+                 ema_decay: float = 0.99, refit_shift: bool = True, refit_frames: int = 1000):
         super().__init__()
         self.save_hyperparameters()
         self.potential: Optional[E3Potential] = None
@@ -87,7 +91,9 @@ class E3PotModule(pl.LightningModule):
     # -- steps ------------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         graph, labels = batch
-        return graph.to(dtype=self.torch_dtype), labels.to(dtype=self.torch_dtype)
+        # energy labels stay float64, like the model's energy sum: float32 resolves only ~2 meV at -17,600 eV
+        return graph.to(dtype=self.torch_dtype), labels._replace(forces=labels.forces.to(self.torch_dtype),
+                                                                  stress=labels.stress.to(self.torch_dtype))
 
     def _step(self, model, batch, stage: str, training: bool):
         graph, labels = batch
@@ -132,6 +138,15 @@ class E3PotModule(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self.metrics["val"].reset()
+        if self.hparams.refit_shift and not self.trainer.sanity_checking:
+            self._refit_shift()
+
+    def _refit_shift(self) -> None:
+        train_set = self.trainer.datamodule.train_set
+        n, limit = len(train_set), self.hparams.refit_frames
+        indices = np.arange(n) if n <= limit else np.sort(np.random.default_rng(0).choice(n, limit, replace=False))
+        delta = stats.shift_correction(self.ema, train_set, indices.tolist(), batch_size=32)
+        self.ema.energy_shift += torch.as_tensor(delta, device=self.ema.energy_shift.device)
 
     # -- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self):

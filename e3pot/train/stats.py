@@ -61,3 +61,28 @@ def avg_num_neighbors(dataset: GraphDataset) -> float:
     edges = sum(g.edge_index.shape[1] for g, _ in dataset.items)
     atoms = sum(g.positions.shape[0] for g, _ in dataset.items)
     return max(edges / atoms, 1.0)
+
+
+def shift_correction(model, dataset: GraphDataset, indices: Sequence[int], batch_size: int = 32) -> np.ndarray:
+    """Per-species change of ``model.energy_shift`` (eV) that least-squares fits the model's total
+    energies to the labels of ``dataset[indices]``.
+
+    Forces do not see a constant energy, and the per-atom energy loss barely does, so the constant
+    part of a model's energy drifts during training; this re-fit puts it back (float64 throughout).
+    """
+    from e3pot.data.dataset import collate_batch
+    from e3pot.nn.scatter import scatter_sum
+
+    n_species = len(model.energy_shift)
+    device, dtype = model.energy_shift.device, model.dtype
+    residuals, counts = [], []
+    with torch.no_grad():
+        for start in range(0, len(indices), batch_size):
+            graph, labels = collate_batch([dataset[k] for k in indices[start:start + batch_size]])
+            graph = graph.to(device=device, dtype=dtype)
+            energy = scatter_sum(model(graph), graph.batch, graph.n_graphs)  # (n_graphs,) float64
+            residuals.append((labels.energy.to(device) - energy).cpu().numpy())
+            onehot = torch.nn.functional.one_hot(graph.species, n_species).double()
+            counts.append(scatter_sum(onehot, graph.batch, graph.n_graphs).cpu().numpy())
+    delta, *_ = np.linalg.lstsq(np.concatenate(counts), np.concatenate(residuals), rcond=None)
+    return delta
