@@ -1,5 +1,7 @@
 """Train an e3pot potential: ``python train.py --config configs/example.yaml``."""
-from e3pot.train.cli import main
+import sys
+
+from e3pot.train.cli import run
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run())

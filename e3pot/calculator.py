@@ -4,20 +4,21 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from e3pot.allocator import tune_allocator
 from e3pot.data.graph import collate
 from e3pot.data.neighbors import SpeciesMap, atoms_to_graph
-from e3pot.model.runtime import load_any, run_model
+from e3pot.model.runtime import check_finite, load_any, run_model
 
 
 class E3PotCalculator(Calculator):
     """ASE calculator for e3pot models.
 
     Args:
-        model: path of a model file (``model.pt``) or TorchScript export, or a loaded model.
+        model: path (str or ``pathlib.Path``) of a model file (``model.pt``) or TorchScript export,
+            or a loaded model.
         device: "cpu" or "cuda".
         dtype: "float32" or "float64"; default: the dtype the model was trained in.
 
@@ -41,10 +42,17 @@ class E3PotCalculator(Calculator):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
-        periodic = bool(atoms.pbc.any())
+        # stress needs periodic boundaries and a cell with a volume (ASE's convention, vacuum included)
+        has_stress = bool(atoms.pbc.any()) and abs(atoms.cell.volume) > 1e-10
+        if "stress" in properties and not has_stress:
+            raise PropertyNotImplementedError(
+                f"stress needs periodic boundaries and a cell with a volume; these atoms have pbc={atoms.pbc.tolist()} "
+                f"and cell volume {abs(atoms.cell.volume):.3g} Å^3 (give a 2D cell a vacuum length along its "
+                "non-periodic direction)")
         graph = collate([atoms_to_graph(atoms, self.species, self.r_max, source="atoms")])
         graph = graph.to(device=self.device, dtype=self.dtype)
-        energy, forces, stress, atomic = run_model(self.model, graph, compute_stress=periodic)
+        energy, forces, stress, atomic = run_model(self.model, graph, compute_stress=has_stress)
+        check_finite(energy, forces, graph.batch, ["atoms"])
         e = float(energy.detach()[0])
         self.results = {
             "energy": e,
@@ -52,5 +60,5 @@ class E3PotCalculator(Calculator):
             "forces": forces.detach().cpu().double().numpy(),
             "energies": atomic.detach().cpu().double().numpy(),
         }
-        if periodic and stress is not None:
+        if has_stress and stress is not None:
             self.results["stress"] = full_3x3_to_voigt_6_stress(stress.detach()[0].cpu().double().numpy())

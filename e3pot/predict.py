@@ -1,6 +1,7 @@
 """Predictions for many ``ase.Atoms`` at once, batched, on a stream of structures."""
 from __future__ import annotations
 
+import os
 from typing import Dict, Iterable, Iterator, List, Optional
 
 import numpy as np
@@ -8,27 +9,40 @@ import torch
 
 from e3pot.data.graph import collate
 from e3pot.data.neighbors import SpeciesMap, atoms_to_graph
-from e3pot.model.runtime import model_device, run_model
+from e3pot.model.runtime import check_finite, load_any, model_device, run_model
 
 
 def iter_predictions(model, structures: Iterable, batch_size: int = 32, compute_stress: Optional[bool] = None,
                      named: bool = False) -> Iterator[Dict[str, np.ndarray]]:
     """Yield one dict per structure: ``energy`` (eV), ``forces`` (eV/Å), ``energies`` (per atom, eV)
-    and, for periodic structures, ``stress`` (3x3, eV/Å^3, ASE sign).
+    and, for periodic structures with a cell volume, ``stress`` (3x3, eV/Å^3, ASE sign).
 
-    ``structures`` is consumed lazily, ``batch_size`` at a time, so it may be a generator over a
-    file larger than memory. With ``named=True`` it yields ``(name, atoms)`` pairs and errors
-    quote the name; otherwise structures are named by their position in the stream.
+    ``model`` is a loaded model or the path of a model file or export. ``structures`` is one
+    ``ase.Atoms`` or an iterable of them, consumed lazily, ``batch_size`` at a time, so it may be a
+    generator over a file larger than memory. With ``named=True`` it yields ``(name, atoms)`` pairs
+    and errors quote the name; otherwise structures are named by their position in the stream.
+    A structure whose energy or forces come out NaN or infinite raises
+    :class:`~e3pot.model.runtime.NonFiniteError` naming it; nothing non-finite is returned.
     """
+    from ase import Atoms
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(model, (str, os.PathLike)):
+        model = load_any(model)
+    if isinstance(structures, Atoms):
+        structures = [("structure 0", structures)] if named else [structures]
     species = SpeciesMap(model.atomic_numbers)
     device, dtype = model_device(model), model.dtype
     buffer: List = []
+    names: List[str] = []
 
     def flush():
         graph = collate(buffer).to(device=device, dtype=dtype)
         periodic = graph.pbc.any(dim=1).tolist()
         want_stress = any(periodic) if compute_stress is None else compute_stress
         energy, forces, stress, atomic = run_model(model, graph, want_stress)
+        check_finite(energy, forces, graph.batch, names)
         n_atoms = torch.bincount(graph.batch, minlength=len(buffer)).tolist()
         forces = forces.detach().cpu().double().numpy()
         atomic = atomic.detach().cpu().double().numpy()
@@ -37,17 +51,20 @@ def iter_predictions(model, structures: Iterable, batch_size: int = 32, compute_
         start = 0
         for k, n in enumerate(n_atoms):
             out = {"energy": float(energy[k]), "forces": forces[start:start + n], "energies": atomic[start:start + n]}
-            if stress is not None and periodic[k]:
+            if stress is not None and np.isfinite(stress[k]).all():
                 out["stress"] = stress[k]
             start += n
             yield out
 
     for k, item in enumerate(structures):
         name, atoms = item if named else (f"structure {k}", item)
+        if not isinstance(atoms, Atoms):
+            raise TypeError(f"{name}: expected an ase.Atoms, got {type(atoms).__name__}")
         buffer.append(atoms_to_graph(atoms, species, model.r_max, source=name))
+        names.append(name)
         if len(buffer) == batch_size:
             yield from flush()
-            buffer = []
+            buffer, names = [], []
     if buffer:
         yield from flush()
 

@@ -141,7 +141,7 @@ def test_pbc_with_zero_cell(tmp_path):
     atoms = Atoms("H2", positions=[[0, 0, 0], [0.7, 0, 0]], pbc=True)
     path = str(tmp_path / "zero.extxyz")
     write(path, [molecule("H2O"), atoms])
-    with pytest.raises(DataError, match=r"zero.extxyz, frame 1: periodic boundaries .* cell is zero"):
+    with pytest.raises(DataError, match=r"zero.extxyz, frame 1: periodic boundaries .* periodic cell vectors are zero"):
         read_frames(path)
 
 

@@ -187,7 +187,7 @@ def test_unreadable_file(model_file_64, tmp_path, capsys):
         fh.write("this is not\na structure file\n")
     out = str(tmp_path / "out.extxyz")
     msg = run_failing([model_file_64, path, "-o", out, "--no-progress"], capsys, out)
-    assert f"{path}: cannot read structures" in msg
+    assert f"{path}, frame 0: cannot read the structure" in msg
 
 
 def test_missing_input_file(model_file_64, tmp_path, capsys):

@@ -21,10 +21,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command == "train":
-        from e3pot.train.cli import main as train_main
+        from e3pot.train.cli import run as train_run
 
-        train_main(rest, prog="e3pot train")
-        return 0
+        return train_run(rest, prog="e3pot train")
     if command == "predict":
         from e3pot.cli.predict import main as predict_main
 

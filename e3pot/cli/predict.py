@@ -1,7 +1,8 @@
 """``e3pot predict MODEL INPUT [INPUT ...] -o OUTPUT``: batch predictions from the shell.
 
 Reads ASE-readable files one structure at a time, predicts in batches, and appends each
-structure to the output extxyz with the predictions under ``e3pot_*`` keys:
+structure to the output: an ASE trajectory (``.traj``, predictions as each frame's calculator
+results) or extended XYZ (``.extxyz``/``.xyz``) with the predictions under ``e3pot_*`` keys:
 ``e3pot_energy`` (eV), ``e3pot_forces`` (eV/Å, per atom), ``e3pot_energies`` (eV, per atom) and
 ``e3pot_stress`` (eV/Å^3, Voigt order xx yy zz yz xz xy, periodic structures only).
 """
@@ -24,7 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="e3pot predict", description=__doc__.split("\n\n")[0])
     p.add_argument("model", help="model file (model.pt) or TorchScript export")
     p.add_argument("inputs", nargs="+", help="ASE-readable structure files (extxyz, xyz, traj, db, ...)")
-    p.add_argument("-o", "--output", required=True, help="output extxyz file")
+    p.add_argument("-o", "--output", required=True,
+                   help="output file: .extxyz/.xyz (predictions under e3pot_* keys) or .traj (as calculator results)")
     p.add_argument("--csv", help="also write per-structure energies to this CSV file")
     p.add_argument("--batch-size", type=int, default=32, help="structures per batch (default 32)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default cpu)")
@@ -77,14 +79,84 @@ class _Errors:
         return head + "\n" + "\n".join(rows)
 
 
-def run(args) -> int:
-    import ase.io
+OUTPUT_FORMATS = {".extxyz": "extxyz", ".xyz": "extxyz", ".traj": "traj"}
 
+
+def check_paths(args) -> str:
+    """Refuse, before any work, output paths that would clash or fail at the end; returns the output format."""
+    from e3pot.data.io import DataError
+
+    if os.path.isdir(args.output):
+        raise ValueError(f"-o {args.output}: is a directory; give a file name")
+    ext = os.path.splitext(args.output)[1].lower()
+    if ext not in OUTPUT_FORMATS:
+        raise ValueError(f"-o {args.output}: the extension {ext or '(none)'!r} names no format this command writes; "
+                         "use .extxyz or .xyz (extended XYZ, predictions under e3pot_* keys) or .traj "
+                         "(ASE trajectory, predictions as the frames' calculator results)")
+    real = {name: os.path.realpath(path) for name, path in (("-o", args.output), ("--csv", args.csv)) if path}
+    for name, path in real.items():
+        given = args.output if name == "-o" else args.csv
+        if os.path.isdir(path):
+            raise ValueError(f"{name} {given}: is a directory; give a file name")
+        parent = os.path.dirname(path)
+        if not os.path.isdir(parent):
+            raise ValueError(f"{name} {given}: the folder {parent} does not exist")
+        if any(os.path.realpath(p) == path for p in args.inputs):
+            raise ValueError(f"{name} {given}: is also an input file; write the predictions to another file")
+    if len(real) == 2 and real["-o"] == real["--csv"]:
+        raise ValueError(f"--csv {args.csv} is the same file as -o {args.output}; give them different names")
+    for path in args.inputs:
+        if not os.path.exists(path):
+            raise DataError(f"{path}: no such file")
+    return OUTPUT_FORMATS[ext]
+
+
+class _Writer:
+    """Appends predicted structures to an extxyz text file or an ASE trajectory."""
+
+    def __init__(self, path: str, fmt: str):
+        self.fmt = fmt
+        if fmt == "traj":
+            from ase.io.trajectory import Trajectory
+
+            self.handle = Trajectory(path, "w")
+        else:
+            self.handle = open(path, "w")
+
+    def write(self, atoms, pred: dict) -> None:
+        from ase.stress import full_3x3_to_voigt_6_stress
+
+        stress = full_3x3_to_voigt_6_stress(pred["stress"]) if "stress" in pred else None
+        if self.fmt == "traj":
+            from ase.calculators.singlepoint import SinglePointCalculator
+
+            atoms = atoms.copy()  # the input's own labels stay with the input
+            results = {"energy": pred["energy"], "forces": pred["forces"], "energies": pred["energies"]}
+            if stress is not None:
+                results["stress"] = stress
+            atoms.calc = SinglePointCalculator(atoms, **results)
+            self.handle.write(atoms)
+            return
+        import ase.io
+
+        atoms.info[PREFIX + "energy"] = pred["energy"]
+        atoms.arrays[PREFIX + "forces"] = pred["forces"]
+        atoms.arrays[PREFIX + "energies"] = pred["energies"]
+        if stress is not None:
+            atoms.info[PREFIX + "stress"] = stress
+        ase.io.write(self.handle, atoms, format="extxyz")
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def run(args) -> int:
     from e3pot.model.runtime import load_any
     from e3pot.predict import iter_predictions
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    fmt = check_paths(args)
     model = load_any(args.model, device=args.device, dtype=args.dtype)
     pending: collections.deque = collections.deque()
 
@@ -102,24 +174,20 @@ def run(args) -> int:
         writer.writerow(["index", "source", "n_atoms", "energy_eV", "energy_per_atom_eV"])
     n = 0
     try:
-        with open(tmp, "w") as out:
+        out = _Writer(tmp, fmt)
+        try:
             bar = tqdm(unit="structure", disable=args.no_progress, desc="predicting")
             for pred in iter_predictions(model, source(), batch_size=args.batch_size, named=True):
                 name, atoms = pending.popleft()
                 errors.add(pred, atoms)
-                atoms.info[PREFIX + "energy"] = pred["energy"]
-                atoms.arrays[PREFIX + "forces"] = pred["forces"]
-                atoms.arrays[PREFIX + "energies"] = pred["energies"]
-                if "stress" in pred:
-                    from ase.stress import full_3x3_to_voigt_6_stress
-
-                    atoms.info[PREFIX + "stress"] = full_3x3_to_voigt_6_stress(pred["stress"])
-                ase.io.write(out, atoms, format="extxyz")
+                out.write(atoms, pred)
                 if writer:
                     writer.writerow([n, name, len(atoms), f"{pred['energy']:.10f}", f"{pred['energy'] / len(atoms):.10f}"])
                 n += 1
                 bar.update(1)
             bar.close()
+        finally:
+            out.close()
         os.replace(tmp, args.output)
         if csv_fh:
             csv_fh.close()

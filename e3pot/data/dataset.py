@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import List, Sequence, Tuple
 
+import torch
+from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -26,10 +28,13 @@ class GraphDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, k: int) -> Tuple[AtomicGraph, Labels]:
-        return self.items[k]
+    def __getitem__(self, k: int) -> Tuple[AtomicGraph, Labels, int]:
+        graph, labels = self.items[k]
+        return graph, labels, k
 
 
-def collate_batch(items: Sequence[Tuple[AtomicGraph, Labels]]) -> Tuple[AtomicGraph, Labels]:
-    graphs, labels = zip(*items)
-    return collate(graphs), collate_labels(labels)
+def collate_batch(items: Sequence[Tuple[AtomicGraph, Labels, int]]) -> Tuple[AtomicGraph, Labels, Tensor]:
+    """One batch: the joined graph, the joined labels and the dataset index of each structure
+    (so that errors can name the frames of a batch)."""
+    graphs, labels, index = zip(*items)
+    return collate(graphs), collate_labels(labels), torch.tensor(index)

@@ -55,11 +55,14 @@ def check_frame(frame: Frame, require: Sequence[str] = ()) -> Frame:
         if value is not None and not np.all(np.isfinite(value)):
             raise DataError(f"{where}: {name} contain NaN or inf")
     if np.any(frame.pbc):
+        # Only the periodic directions need cell vectors, and those must be independent: a slab or
+        # a 2D material may have a zero vector along its non-periodic direction.
+        periodic_vectors = np.asarray(frame.cell)[frame.pbc]
         lengths = np.linalg.norm(frame.cell, axis=1)
-        if np.any(lengths[frame.pbc] < 1e-8) or abs(np.linalg.det(frame.cell)) < 1e-8:
+        if np.any(lengths[frame.pbc] < 1e-8) or np.linalg.matrix_rank(periodic_vectors, tol=1e-6) < len(periodic_vectors):
             raise DataError(
-                f"{where}: periodic boundaries pbc={frame.pbc.tolist()} but the cell is zero or "
-                f"degenerate (cell lengths {np.round(lengths, 4).tolist()} Å)"
+                f"{where}: periodic boundaries pbc={frame.pbc.tolist()} but the periodic cell vectors are zero "
+                f"or linearly dependent (cell lengths {np.round(lengths, 4).tolist()} Å)"
             )
     for name in require:
         if getattr(frame, name) is None:
@@ -78,12 +81,16 @@ def iter_atoms(path: str, index: str = ":") -> Iterator:
         raise DataError(f"{path}: contains no structures (the file is empty)")
     import ase.io
 
+    k = 0
     try:
-        yield from ase.io.iread(path, index=index)
+        for atoms in ase.io.iread(path, index=index):
+            yield atoms
+            k += 1
     except DataError:
         raise
     except Exception as exc:  # ASE raises many types for unreadable files
-        raise DataError(f"{path}: cannot read structures ({type(exc).__name__}: {exc})") from exc
+        where = f"{path}, frame {k}" if index == ":" else f"{path} (index {index!r}), frame {k}"
+        raise DataError(f"{where}: cannot read the structure ({type(exc).__name__}: {exc})") from exc
 
 
 def iter_frames(path: str, labels: LabelSpec = LabelSpec(), index: str = ":",

@@ -10,6 +10,8 @@ from ase.data import chemical_symbols
 from e3pot.data.graph import AtomicGraph, Labels
 from e3pot.data.io import DataError, Frame
 
+MIN_DISTANCE = 0.1  # Å; closer atoms are reported as an error (no real structure has them)
+
 
 class SpeciesMap:
     """Maps atomic numbers to the model's species indices; unknown elements raise by name."""
@@ -43,17 +45,34 @@ def neighbor_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r_ma
     return i.astype(np.int64), j.astype(np.int64), shifts.astype(np.float64)
 
 
+def check_distances(pos: np.ndarray, i: np.ndarray, j: np.ndarray, edge_shift: np.ndarray, source: str) -> None:
+    """Raise :class:`DataError` when two atoms (or an atom and a periodic image) are closer than
+    ``MIN_DISTANCE``: the edge direction is undefined at zero distance, and the energy is NaN."""
+    if len(i) == 0:
+        return
+    dist = np.linalg.norm(pos[j] - pos[i] + edge_shift, axis=1)
+    k = int(np.argmin(dist))
+    if dist[k] < MIN_DISTANCE:
+        close = np.flatnonzero(dist < MIN_DISTANCE)
+        pairs = sorted({(int(min(i[e], j[e])), int(max(i[e], j[e]))) for e in close})
+        shown = ", ".join(f"{a} and {b}" for a, b in pairs[:5]) + (f" and {len(pairs) - 5} more pairs" if len(pairs) > 5 else "")
+        raise DataError(f"{source}: atoms {shown} (indices from 0) are {dist[k]:.3g} Å apart (closer than {MIN_DISTANCE} Å; "
+                        "duplicated or overlapping atoms?)")
+
+
 def frame_to_graph(frame: Frame, species: SpeciesMap, r_max: float) -> AtomicGraph:
     """Build the graph of one structure (float64; cast when batching for the model)."""
     pos = np.ascontiguousarray(frame.positions, dtype=np.float64)
     cell = np.asarray(frame.cell, dtype=np.float64)
     pbc = np.asarray(frame.pbc, dtype=bool)
     i, j, shifts = neighbor_list(pos, cell, pbc, r_max)
+    edge_shift = shifts @ cell
+    check_distances(pos, i, j, edge_shift, frame.source)
     return AtomicGraph(
         positions=torch.from_numpy(pos),
         species=torch.from_numpy(species(frame.numbers, frame.source)),
         edge_index=torch.from_numpy(np.stack([j, i])),
-        edge_shift=torch.from_numpy(shifts @ cell),
+        edge_shift=torch.from_numpy(edge_shift),
         batch=torch.zeros(frame.n_atoms, dtype=torch.long),
         cell=torch.from_numpy(cell if pbc.any() else np.zeros((3, 3))).unsqueeze(0),
         pbc=torch.from_numpy(pbc).unsqueeze(0),

@@ -14,7 +14,7 @@ from e3pot.nn.scatter import scatter_sum
 class Prediction(NamedTuple):
     energy: Tensor  # (n_graphs,) eV
     forces: Tensor  # (n_atoms, 3) eV/Å
-    stress: Optional[Tensor]  # (n_graphs, 3, 3) eV/Å^3 (ASE sign), NaN for non-periodic graphs
+    stress: Optional[Tensor]  # (n_graphs, 3, 3) eV/Å^3 (ASE sign), NaN for graphs without a cell volume
     atomic_energies: Tensor  # (n_atoms,) eV
 
 
@@ -58,9 +58,11 @@ class Conservative(nn.Module):
             d_strain = grads[1]
             assert d_strain is not None
             volume = torch.linalg.det(graph.cell).abs()  # (n_graphs,)
-            periodic = graph.pbc.any(dim=1)
-            stress = d_strain / torch.where(periodic, volume, torch.ones_like(volume))[:, None, None]
-            stress = torch.where(periodic[:, None, None], stress, torch.full_like(stress, float("nan")))
+            # ASE's convention: (1/V) dE/dε with V the cell volume, vacuum included. A cell with a
+            # zero vector along a non-periodic direction (a 2D material) has no volume: NaN there.
+            has_volume = graph.pbc.any(dim=1) & (volume > 1e-10)
+            stress = d_strain / torch.where(has_volume, volume, torch.ones_like(volume))[:, None, None]
+            stress = torch.where(has_volume[:, None, None], stress, torch.full_like(stress, float("nan")))
         return energy, forces, stress, atomic_energies
 
 

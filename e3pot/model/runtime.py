@@ -2,17 +2,39 @@
 from __future__ import annotations
 
 import copy
-from typing import Optional, Union
+import os
+from typing import Optional, Sequence, Union
 
 import torch
+from torch import Tensor
 
 from e3pot.model.export import ExportedModel, is_torchscript
 from e3pot.model.forces import evaluate
 from e3pot.model.io import dtype_from_name, load_model
 
 
-def load_any(model: Union[str, torch.nn.Module, ExportedModel], device: str = "cpu", dtype: Optional[str] = None):
+class NonFiniteError(ValueError):
+    """The model returned NaN or infinite energies or forces for a structure."""
+
+
+def check_finite(energy: Tensor, forces: Tensor, batch: Tensor, names: Sequence[str]) -> None:
+    """Raise :class:`NonFiniteError` naming the structures of a batch whose energy or forces are not finite."""
+    bad = ~torch.isfinite(energy.detach())
+    bad_atoms = ~torch.isfinite(forces.detach()).all(dim=1)
+    if bool(bad_atoms.any()):
+        bad[batch[bad_atoms]] = True
+    if bool(bad.any()):
+        which = [names[k] for k in torch.nonzero(bad).flatten().tolist()]
+        raise NonFiniteError(f"{'; '.join(which[:5])}{f' and {len(which) - 5} more' if len(which) > 5 else ''}: "
+                             "the model returned NaN or infinite energy or forces (a structure far outside "
+                             "the training data, or a damaged model file)")
+
+
+def load_any(model: Union[str, os.PathLike, torch.nn.Module, ExportedModel], device: str = "cpu",
+             dtype: Optional[str] = None):
     """A model file, a TorchScript export, or an already loaded model, on ``device`` in ``dtype``."""
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but CUDA is not available to torch {torch.__version__} "
                          f"(a CPU build, or no GPU visible); use device 'cpu'")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 import warnings
 from typing import List, Optional
 
@@ -10,9 +11,10 @@ from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from pytorch_lightning.cli import LightningCLI
 
 from e3pot.allocator import tune_allocator
+from e3pot.data.io import DataError
 from e3pot.model.io import save_model
 from e3pot.train.datamodule import E3PotDataModule
-from e3pot.train.module import E3PotModule
+from e3pot.train.module import E3PotModule, TrainingError
 
 
 class E3PotCLI(LightningCLI):
@@ -28,6 +30,8 @@ class E3PotCLI(LightningCLI):
                             help="where to write the trained model (default: <run dir>/model.pt)")
         parser.add_argument("--resume", type=Optional[str], default=None,
                             help="checkpoint to resume from, or 'last' for the newest last.ckpt of this run name")
+        parser.add_argument("--debug", action="store_true",
+                            help="show the full traceback of an error (also: E3POT_DEBUG=1)")
 
 
 def _find_last(root: str) -> str:
@@ -45,6 +49,61 @@ def _format_metrics(metrics: dict) -> str:
             ("forces MAE", "val/forces_mae_meV_A", "meV/Å"), ("forces RMSE", "val/forces_rmse_meV_A", "meV/Å")]
     return "\n".join(f"  {name:<17} {float(metrics[key]):+10.3f} {unit}" if "mean" in key
                      else f"  {name:<17} {float(metrics[key]):10.3f} {unit}" for name, key, unit in rows if key in metrics)
+
+
+# Settings that define the network or its training data: a run resumed with other values would load
+# weights that do not fit, or go on with statistics fitted on other data.
+ARCHITECTURE = ("r_max", "l_max", "num_features", "num_layers", "num_basis", "cutoff_p", "radial_hidden",
+                "radial_layers", "parity", "dtype", "e0s")
+DATA = ("train_file", "val_file", "val_fraction", "n_val", "n_train", "split_seed", "elements", "energy_key",
+        "forces_key", "stress_key", "energy_unit", "length_unit", "stress_unit")
+
+
+def check_resume(path: str, module, data) -> None:
+    """Refuse to resume when the model or data settings differ from the checkpoint's; warn for others."""
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    saved = {f"model.{k}": v for k, v in ckpt.get("hyper_parameters", {}).items()}
+    saved.update({f"data.{k}": v for k, v in ckpt.get("datamodule_hyper_parameters", {}).items()})
+    now = {f"model.{k}": v for k, v in module.hparams.items()}
+    now.update({f"data.{k}": v for k, v in data.hparams.items()})
+    fatal = {f"model.{k}" for k in ARCHITECTURE} | {f"data.{k}" for k in DATA}
+    differ = [k for k in sorted(now) if k in saved and saved[k] != now[k]]
+    lines = [f"  {k}: {saved[k]!r} in the checkpoint, {now[k]!r} now" for k in differ]
+    hard = [line for k, line in zip(differ, lines) if k in fatal]
+    if hard:
+        raise ValueError(f"--resume {path}: the checkpoint was trained with other model or data settings:\n"
+                         + "\n".join(hard) + "\nresume with the checkpoint's settings, or start a new run without --resume")
+    if differ:
+        warnings.warn(f"--resume {path}: settings changed since the checkpoint (the run goes on with the new "
+                      "values; the optimiser state comes from the checkpoint):\n" + "\n".join(lines))
+
+
+def check_finite_weights(model) -> None:
+    bad = [name for name, t in list(model.named_parameters()) + list(model.named_buffers())
+           if t.is_floating_point() and not bool(t.isfinite().all())]
+    if bad:
+        raise TrainingError(f"the trained weights are not finite ({', '.join(bad[:5])}); no model file written")
+
+
+def run(args: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
+    """Entry point of ``train.py`` and ``e3pot train``: an error prints its message, not a traceback
+    (``--debug`` or ``E3POT_DEBUG=1`` shows the traceback). Returns the exit code."""
+    args = list(sys.argv[1:] if args is None else args)
+    debug = "--debug" in args or os.environ.get("E3POT_DEBUG", "0") not in ("", "0")
+    args = [a for a in args if a != "--debug"]
+    try:
+        main(args, prog)
+    except Exception as exc:  # noqa: BLE001 - every failure gets a one-line message
+        if debug:
+            raise
+        known = isinstance(exc, (DataError, ValueError, FileNotFoundError, TrainingError))
+        message = str(exc) if known else f"{type(exc).__name__}: {exc}"
+        print(f"{prog or 'train.py'}: error: {message}\n(run again with --debug for the full traceback)",
+              file=sys.stderr)
+        return 2
+    return 0
 
 
 def main(args: Optional[List[str]] = None, prog: Optional[str] = None) -> str:
@@ -73,10 +132,13 @@ def main(args: Optional[List[str]] = None, prog: Optional[str] = None) -> str:
         resume = _find_last(os.path.join(logger.save_dir, logger.name) if logger else trainer.default_root_dir)
     if resume is not None and not os.path.exists(resume):
         raise FileNotFoundError(f"--resume: no such checkpoint: {resume}")
+    if resume is not None:
+        check_resume(resume, module, data)
     trainer.fit(module, datamodule=data, ckpt_path=resume)
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     metrics = trainer.validate(module, datamodule=data, ckpt_path=best or None, verbose=False)[0]
+    check_finite_weights(module.ema)
     output = cli.config.get("output") or os.path.join(trainer.log_dir or ".", "model.pt")
     save_model(module.ema, output, metadata={
         "validation": {k: float(v) for k, v in metrics.items()},
@@ -86,4 +148,7 @@ def main(args: Optional[List[str]] = None, prog: Optional[str] = None) -> str:
     print(f"\nSaved model: {os.path.abspath(output)}")
     print("Validation metrics (EMA weights" + (f", best checkpoint {os.path.basename(best)}" if best else "") + "):")
     print(_format_metrics(metrics))
+    if module.skipped:
+        print(f"\nSkipped {len(module.skipped)} frames in batches with a non-finite loss: {'; '.join(module.skipped[:20])}"
+              + (" ..." if len(module.skipped) > 20 else ""))
     return output

@@ -6,6 +6,7 @@ from typing import List, Optional
 import numpy as np
 import pytorch_lightning as pl
 from ase.data import atomic_numbers as _symbol_to_z
+from ase.data import chemical_symbols
 from torch.utils.data import DataLoader
 
 from e3pot.data.dataset import GraphDataset, collate_batch
@@ -41,8 +42,15 @@ class E3PotDataModule(pl.LightningDataModule):
                  stress_unit: Optional[str] = None, batch_size: int = 8, val_batch_size: Optional[int] = None,
                  num_workers: int = 0):
         super().__init__()
+        self.save_hyperparameters()  # stored in checkpoints, so that a resumed run can be compared
         if val_file is None and n_val is None and not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+            raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        for name, value, low in (("batch_size", batch_size, 1), ("val_batch_size", val_batch_size, 1),
+                                 ("n_train", n_train, 1), ("n_val", n_val, 1), ("num_workers", num_workers, 0)):
+            if value is not None and value < low:
+                raise ValueError(f"data.{name} must be at least {low}, got {value}")
+        if not r_max > 0:
+            raise ValueError(f"the cutoff r_max must be positive, got {r_max} Å")
         self.train_file, self.val_file = train_file, val_file
         self.val_fraction, self.n_val, self.n_train, self.split_seed = val_fraction, n_val, n_train, split_seed
         self.r_max = r_max
@@ -82,10 +90,28 @@ class E3PotDataModule(pl.LightningDataModule):
                 raise ValueError(f"unknown element symbol(s) in data.elements: {', '.join(unknown)}")
             self.atomic_numbers = sorted(_symbol_to_z[s] for s in self.elements)
         else:
-            self.atomic_numbers = sorted({int(z) for f in train + val for z in f.numbers})
+            self.atomic_numbers = sorted({int(z) for f in train for z in f.numbers})
+        self._check_elements(train, val)
         species = SpeciesMap(self.atomic_numbers)
         self.train_set = GraphDataset(train, species, self.r_max, desc="training graphs")
         self.val_set = GraphDataset(val, species, self.r_max, desc="validation graphs")
+
+    def _check_elements(self, train, val) -> None:
+        """Every element must occur in the training frames: one seen only in validation would get an
+        untrained embedding and a zero energy shift, and the model would then accept it silently."""
+        in_train = {int(z) for f in train for z in f.numbers}
+        missing = {}
+        for name, frames in (("data.elements", None), ("validation", val)):
+            zs = set(self.atomic_numbers) if frames is None else {int(z) for f in frames for z in f.numbers}
+            for z in sorted(zs - in_train):
+                missing.setdefault(z, name)
+        if missing:
+            where = self.val_file if self.val_file is not None else f"the validation split of {self.train_file}"
+            parts = [f"{chemical_symbols[z]} ({'listed in data.elements' if src == 'data.elements' else 'in ' + where})"
+                     for z, src in sorted(missing.items())]
+            raise DataError(f"element(s) {', '.join(parts)} do not occur in the training frames of "
+                            f"{self.train_file}; a model cannot learn an element it is not trained on. Add frames "
+                            "with it to the training data, or remove it")
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, collate_fn=collate_batch,

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import copy
-from typing import Dict, Literal, Optional, Union
+from typing import Dict, List, Literal, Optional, Union
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 
 from e3pot.data.io import DataError
 from e3pot.model.forces import evaluate
@@ -14,6 +15,27 @@ from e3pot.model.io import dtype_from_name
 from e3pot.model.potential import E3Potential
 from e3pot.train import stats
 from e3pot.train.loss import ErrorMetrics, weighted_loss
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss, non-finite weights); the message says why."""
+
+
+def check_hyperparameters(hp: dict) -> None:
+    """Clear errors for settings that would otherwise fail deep inside torch or vesin."""
+    rules = [("r_max", hp["r_max"] > 0, "be positive (Å)"), ("l_max", hp["l_max"] >= 0, "be at least 0"),
+             ("lr", hp["lr"] > 0, "be positive"), ("ema_decay", 0 <= hp["ema_decay"] < 1, "be in [0, 1)"),
+             ("refit_frames", hp["refit_frames"] >= 1, "be at least 1")]
+    rules += [(name, hp[name] >= 1, "be at least 1") for name in
+              ("num_features", "num_layers", "num_basis", "radial_hidden")]
+    rules += [(name, hp[name] >= 0, "be 0 or positive") for name in
+              ("radial_layers", "energy_weight", "forces_weight", "stress_weight")]
+    for name, ok, what in rules:
+        if not ok:
+            raise ValueError(f"model.{name} must {what}, got {hp[name]}")
+    if hp["energy_weight"] == 0 and hp["forces_weight"] == 0 and hp["stress_weight"] == 0:
+        raise ValueError("model.energy_weight, model.forces_weight and model.stress_weight are all 0: "
+                         "the loss would be empty; give at least one a positive weight")
 
 
 class E3PotModule(pl.LightningModule):
@@ -35,6 +57,9 @@ class E3PotModule(pl.LightningModule):
         refit_shift: before every validation, re-fit the per-species energy shifts of the averaged
             model by least squares on its training-set energy errors (at most ``refit_frames``
             frames, a fixed random sample), so that no constant offset builds up in the energies.
+        skip_nonfinite_batches: skip (and report) a training batch whose loss is NaN or infinite
+            instead of stopping the run. Off by default: a non-finite loss stops training with the
+            batch's frames named, and the last checkpoint stays as it was.
     """
 
     def __init__(self, r_max: float = 5.0, l_max: int = 2, num_features: int = 32, num_layers: int = 4,
@@ -43,14 +68,17 @@ class E3PotModule(pl.LightningModule):
                  dtype: Literal["float32", "float64"] = "float32", energy_weight: float = 1.0,
                  forces_weight: float = 10.0, stress_weight: float = 0.0, lr: float = 0.005,
                  weight_decay: float = 0.0, lr_factor: float = 0.8, lr_patience: int = 10, lr_min: float = 1e-6,
-                 ema_decay: float = 0.99, refit_shift: bool = True, refit_frames: int = 1000):
+                 ema_decay: float = 0.99, refit_shift: bool = True, refit_frames: int = 1000,
+                 skip_nonfinite_batches: bool = False):
         super().__init__()
+        check_hyperparameters(locals())
         self.save_hyperparameters()
         self.potential: Optional[E3Potential] = None
         self.ema: Optional[E3Potential] = None
         self.torch_dtype = dtype_from_name(dtype)
         self.metrics = {"train": ErrorMetrics(), "val": ErrorMetrics()}
         self.use_stress = False
+        self.skipped: List[str] = []  # frames of the batches skipped with skip_nonfinite_batches
 
     # -- building ---------------------------------------------------------------------------
     def _check_labels(self, dataset) -> None:
@@ -79,6 +107,9 @@ class E3PotModule(pl.LightningModule):
             shift = stats.shift_from_table(stats.read_e0s_file(hp.e0s), z)
         self.use_stress = hp.stress_weight > 0 and any(
             torch.isfinite(lab.stress).all() for _, lab in dm.train_set.items)
+        if hp.energy_weight == 0 and hp.forces_weight == 0 and not self.use_stress:
+            raise DataError(f"{dm.train_file}: stress_weight > 0 is the only loss term, but no training frame has "
+                            "a stress label (see data.stress_key)")
         self.potential = E3Potential(
             z, r_max=hp.r_max, l_max=hp.l_max, num_features=hp.num_features, num_layers=hp.num_layers,
             num_basis=hp.num_basis, cutoff_p=hp.cutoff_p, radial_hidden=hp.radial_hidden,
@@ -90,13 +121,13 @@ class E3PotModule(pl.LightningModule):
 
     # -- steps ------------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        graph, labels = batch
+        graph, labels, index = batch
         # energy labels stay float64, like the model's energy sum: float32 resolves only ~2 meV at -17,600 eV
         return graph.to(dtype=self.torch_dtype), labels._replace(forces=labels.forces.to(self.torch_dtype),
-                                                                  stress=labels.stress.to(self.torch_dtype))
+                                                                  stress=labels.stress.to(self.torch_dtype)), index
 
     def _step(self, model, batch, stage: str, training: bool):
-        graph, labels = batch
+        graph, labels, _ = batch
         pred = evaluate(model, graph, compute_stress=self.use_stress, training=training)
         hp = self.hparams
         parts = weighted_loss(pred, labels, hp.energy_weight, hp.forces_weight,
@@ -108,7 +139,20 @@ class E3PotModule(pl.LightningModule):
         return parts["loss"]
 
     def training_step(self, batch, batch_idx: int):
-        return self._step(self.potential, batch, "train", training=True)
+        loss = self._step(self.potential, batch, "train", training=True)
+        if not bool(torch.isfinite(loss.detach())):
+            sources = self.trainer.datamodule.train_set.sources
+            frames = [sources[k] for k in batch[2].tolist()]
+            where = f"epoch {self.current_epoch}, step {self.global_step}"
+            if self.hparams.skip_nonfinite_batches:
+                self.skipped.extend(frames)
+                rank_zero_warn(f"skipped a batch with a non-finite loss ({where}); its frames: {'; '.join(frames)}")
+                return None  # Lightning makes no optimiser step for this batch
+            raise TrainingError(
+                f"non-finite training loss ({float(loss)}) at {where}; the batch held: {'; '.join(frames)}. "
+                "Training stopped; the checkpoints written so far are kept and no model file was written. "
+                "Check these frames, lower model.lr, or set model.skip_nonfinite_batches true to skip such batches")
+        return loss
 
     def validation_step(self, batch, batch_idx: int):
         with torch.enable_grad():

@@ -78,7 +78,7 @@ def shift_correction(model, dataset: GraphDataset, indices: Sequence[int], batch
     residuals, counts = [], []
     with torch.no_grad():
         for start in range(0, len(indices), batch_size):
-            graph, labels = collate_batch([dataset[k] for k in indices[start:start + batch_size]])
+            graph, labels, _ = collate_batch([dataset[k] for k in indices[start:start + batch_size]])
             graph = graph.to(device=device, dtype=dtype)
             energy = scatter_sum(model(graph), graph.batch, graph.n_graphs)  # (n_graphs,) float64
             residuals.append((labels.energy.to(device) - energy).cpu().numpy())
