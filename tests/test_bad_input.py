@@ -108,6 +108,12 @@ def test_skipping_nonfinite_batches_is_explicit_and_reported(tmp_path, frames, c
     assert "Skipped 8 frames in batches with a non-finite loss" in capsys.readouterr().out  # 2 epochs x 4
     model = e3pot.load_model(str(tmp_path / path))
     assert all(torch.isfinite(p).all() for p in model.state_dict().values())
+    (metrics,) = glob.glob(str(tmp_path / "runs" / "*" / "version_*" / "metrics.csv"))
+    import csv
+
+    with open(metrics) as fh:  # the skipped batch does not enter the epoch's metrics
+        losses = [float(r["train/loss"]) for r in csv.DictReader(fh) if r.get("train/loss")]
+    assert len(losses) == 2 and np.isfinite(losses).all()
 
 
 # -- 2. an element only in the validation data -------------------------------------------------

@@ -127,32 +127,35 @@ class E3PotModule(pl.LightningModule):
                                                                   stress=labels.stress.to(self.torch_dtype)), index
 
     def _step(self, model, batch, stage: str, training: bool):
-        graph, labels, _ = batch
+        graph, labels, index = batch
         pred = evaluate(model, graph, compute_stress=self.use_stress, training=training)
         hp = self.hparams
         parts = weighted_loss(pred, labels, hp.energy_weight, hp.forces_weight,
                               hp.stress_weight if self.use_stress else 0.0)
+        if training and not bool(torch.isfinite(parts["loss"].detach())):
+            return self._nonfinite_loss(float(parts["loss"]), index)
         self.metrics[stage].update(pred, labels)
         for name, value in parts.items():
             self.log(f"{stage}/{name}", value.detach(), batch_size=graph.n_graphs, on_step=False, on_epoch=True,
                      prog_bar=(name == "loss"))
         return parts["loss"]
 
+    def _nonfinite_loss(self, loss: float, index) -> None:
+        """Stop with the batch's frames named, or skip the batch when asked to (and say so)."""
+        sources = self.trainer.datamodule.train_set.sources
+        frames = [sources[k] for k in index.tolist()]
+        where = f"epoch {self.current_epoch}, step {self.global_step}"
+        if self.hparams.skip_nonfinite_batches:
+            self.skipped.extend(frames)
+            rank_zero_warn(f"skipped a batch with a non-finite loss ({where}); its frames: {'; '.join(frames)}")
+            return None  # Lightning makes no optimiser step for this batch
+        raise TrainingError(
+            f"non-finite training loss ({loss}) at {where}; the batch held: {'; '.join(frames)}. "
+            "Training stopped; the checkpoints written so far are kept and no model file was written. "
+            "Check these frames, lower model.lr, or set model.skip_nonfinite_batches true to skip such batches")
+
     def training_step(self, batch, batch_idx: int):
-        loss = self._step(self.potential, batch, "train", training=True)
-        if not bool(torch.isfinite(loss.detach())):
-            sources = self.trainer.datamodule.train_set.sources
-            frames = [sources[k] for k in batch[2].tolist()]
-            where = f"epoch {self.current_epoch}, step {self.global_step}"
-            if self.hparams.skip_nonfinite_batches:
-                self.skipped.extend(frames)
-                rank_zero_warn(f"skipped a batch with a non-finite loss ({where}); its frames: {'; '.join(frames)}")
-                return None  # Lightning makes no optimiser step for this batch
-            raise TrainingError(
-                f"non-finite training loss ({float(loss)}) at {where}; the batch held: {'; '.join(frames)}. "
-                "Training stopped; the checkpoints written so far are kept and no model file was written. "
-                "Check these frames, lower model.lr, or set model.skip_nonfinite_batches true to skip such batches")
-        return loss
+        return self._step(self.potential, batch, "train", training=True)
 
     def validation_step(self, batch, batch_idx: int):
         with torch.enable_grad():
