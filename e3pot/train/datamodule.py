@@ -100,15 +100,12 @@ class E3PotDataModule(pl.LightningDataModule):
         """Every element must occur in the training frames: one seen only in validation would get an
         untrained embedding and a zero energy shift, and the model would then accept it silently."""
         in_train = {int(z) for f in train for z in f.numbers}
-        missing = {}
-        for name, frames in (("data.elements", None), ("validation", val)):
-            zs = set(self.atomic_numbers) if frames is None else {int(z) for f in frames for z in f.numbers}
-            for z in sorted(zs - in_train):
-                missing.setdefault(z, name)
-        if missing:
+        listed = set(self.atomic_numbers) - in_train  # data.elements names an element the data lacks
+        in_val = {int(z) for f in val for z in f.numbers} - in_train - listed
+        if listed or in_val:
             where = self.val_file if self.val_file is not None else f"the validation split of {self.train_file}"
-            parts = [f"{chemical_symbols[z]} ({'listed in data.elements' if src == 'data.elements' else 'in ' + where})"
-                     for z, src in sorted(missing.items())]
+            parts = [f"{chemical_symbols[z]} (listed in data.elements)" for z in sorted(listed)]
+            parts += [f"{chemical_symbols[z]} (in {where})" for z in sorted(in_val)]
             raise DataError(f"element(s) {', '.join(parts)} do not occur in the training frames of "
                             f"{self.train_file}; a model cannot learn an element it is not trained on. Add frames "
                             "with it to the training data, or remove it")
