@@ -68,7 +68,7 @@ class E3PotModule(pl.LightningModule):
                  dtype: Literal["float32", "float64"] = "float32", energy_weight: float = 1.0,
                  forces_weight: float = 10.0, stress_weight: float = 0.0, lr: float = 0.005,
                  weight_decay: float = 0.0, lr_factor: float = 0.8, lr_patience: int = 10, lr_min: float = 1e-6,
-                 ema_decay: float = 0.99, refit_shift: bool = True, refit_frames: int = 1000,
+                 ema_decay: float = 0.99, refit_shift: bool = True, refit_frames: int = 250,
                  skip_nonfinite_batches: bool = False):
         super().__init__()
         check_hyperparameters(locals())
