@@ -211,7 +211,7 @@ def test_pbc_without_cell(model_file_64, tmp_path, capsys):
     out = str(tmp_path / "out.extxyz")
     msg = run_failing([model_file_64, path, "-o", out, "--no-progress"], capsys, out)
     assert f"{path}, frame 1" in msg
-    assert "pbc" in msg and "cell is zero" in msg
+    assert "pbc" in msg and "periodic cell vectors are zero" in msg
 
 
 def test_bad_batch_size(model_file_64, mixed_file, tmp_path, capsys):
