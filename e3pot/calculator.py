@@ -42,17 +42,17 @@ class E3PotCalculator(Calculator):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
-        # stress needs periodic boundaries and a cell with a volume (ASE's convention, vacuum included)
-        has_stress = bool(atoms.pbc.any()) and abs(atoms.cell.volume) > 1e-10
+        graph = collate([atoms_to_graph(atoms, self.species, self.r_max, source="atoms")])
+        graph = graph.to(device=self.device, dtype=self.dtype)
+        energy, forces, stress, atomic = run_model(self.model, graph, compute_stress=bool(atoms.pbc.any()))
+        check_finite(energy, forces, graph.batch, ["atoms"])
+        # stress is NaN without periodic boundaries and a cell volume (ASE's convention, vacuum included)
+        has_stress = stress is not None and bool(torch.isfinite(stress).all())
         if "stress" in properties and not has_stress:
             raise PropertyNotImplementedError(
                 f"stress needs periodic boundaries and a cell with a volume; these atoms have pbc={atoms.pbc.tolist()} "
                 f"and cell volume {abs(atoms.cell.volume):.3g} Å^3 (give a 2D cell a vacuum length along its "
                 "non-periodic direction)")
-        graph = collate([atoms_to_graph(atoms, self.species, self.r_max, source="atoms")])
-        graph = graph.to(device=self.device, dtype=self.dtype)
-        energy, forces, stress, atomic = run_model(self.model, graph, compute_stress=has_stress)
-        check_finite(energy, forces, graph.batch, ["atoms"])
         e = float(energy.detach()[0])
         self.results = {
             "energy": e,
@@ -60,5 +60,5 @@ class E3PotCalculator(Calculator):
             "forces": forces.detach().cpu().double().numpy(),
             "energies": atomic.detach().cpu().double().numpy(),
         }
-        if has_stress and stress is not None:
+        if has_stress:
             self.results["stress"] = full_3x3_to_voigt_6_stress(stress.detach()[0].cpu().double().numpy())

@@ -112,7 +112,7 @@ def test_smooth_at_cutoff(model64):
 
 def test_neighbor_list_matches_ase_small_cell(periodic):
     r_max = 4.0  # larger than half of every cell length: several images per atom
-    i, j, shifts = neighbor_list(periodic.positions, periodic.cell.array, periodic.pbc, r_max)
+    i, j, shifts, _ = neighbor_list(periodic.positions, periodic.cell.array, periodic.pbc, r_max)
     d = np.linalg.norm(periodic.positions[j] - periodic.positions[i] + shifts @ periodic.cell.array, axis=1)
     d_ase = ase_neighbor_list("d", periodic, r_max)
     assert len(d) == len(d_ase) > 10 * len(periodic)

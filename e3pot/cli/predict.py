@@ -36,11 +36,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _stream(paths: List[str]) -> Iterator[Tuple[str, object]]:
-    from e3pot.data.io import DataError, iter_atoms
+    from e3pot.data.io import iter_atoms
 
-    for path in paths:
-        if not os.path.exists(path):
-            raise DataError(f"{path}: no such file")
+    for path in paths:  # check_paths has made sure that they exist
         for k, atoms in enumerate(iter_atoms(path)):
             yield f"{path}, frame {k}", atoms
 

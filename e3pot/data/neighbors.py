@@ -32,7 +32,7 @@ class SpeciesMap:
 
 
 def neighbor_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r_max: float):
-    """Full neighbour list within ``r_max``: (receiver i, sender j, integer shift S).
+    """Full neighbour list within ``r_max``: (receiver i, sender j, integer shift S, distance d).
 
     Edge vectors are ``positions[j] - positions[i] + S @ cell``. Cells smaller than ``2 r_max``
     are handled (several images of the same atom appear as separate edges).
@@ -41,16 +41,15 @@ def neighbor_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r_ma
 
     nl = vesin.NeighborList(cutoff=float(r_max), full_list=True)
     box = cell if np.any(pbc) else np.zeros((3, 3))
-    i, j, shifts = nl.compute(positions, box, np.asarray(pbc, dtype=bool).tolist(), "ijS")
-    return i.astype(np.int64), j.astype(np.int64), shifts.astype(np.float64)
+    i, j, shifts, d = nl.compute(positions, box, np.asarray(pbc, dtype=bool).tolist(), "ijSd")
+    return i.astype(np.int64), j.astype(np.int64), shifts.astype(np.float64), d
 
 
-def check_distances(pos: np.ndarray, i: np.ndarray, j: np.ndarray, edge_shift: np.ndarray, source: str) -> None:
+def check_distances(i: np.ndarray, j: np.ndarray, dist: np.ndarray, source: str) -> None:
     """Raise :class:`DataError` when two atoms (or an atom and a periodic image) are closer than
     ``MIN_DISTANCE``: the edge direction is undefined at zero distance, and the energy is NaN."""
     if len(i) == 0:
         return
-    dist = np.linalg.norm(pos[j] - pos[i] + edge_shift, axis=1)
     k = int(np.argmin(dist))
     if dist[k] < MIN_DISTANCE:
         close = np.flatnonzero(dist < MIN_DISTANCE)
@@ -65,14 +64,13 @@ def frame_to_graph(frame: Frame, species: SpeciesMap, r_max: float) -> AtomicGra
     pos = np.ascontiguousarray(frame.positions, dtype=np.float64)
     cell = np.asarray(frame.cell, dtype=np.float64)
     pbc = np.asarray(frame.pbc, dtype=bool)
-    i, j, shifts = neighbor_list(pos, cell, pbc, r_max)
-    edge_shift = shifts @ cell
-    check_distances(pos, i, j, edge_shift, frame.source)
+    i, j, shifts, dist = neighbor_list(pos, cell, pbc, r_max)
+    check_distances(i, j, dist, frame.source)
     return AtomicGraph(
         positions=torch.from_numpy(pos),
         species=torch.from_numpy(species(frame.numbers, frame.source)),
         edge_index=torch.from_numpy(np.stack([j, i])),
-        edge_shift=torch.from_numpy(edge_shift),
+        edge_shift=torch.from_numpy(shifts @ cell),
         batch=torch.zeros(frame.n_atoms, dtype=torch.long),
         cell=torch.from_numpy(cell if pbc.any() else np.zeros((3, 3))).unsqueeze(0),
         pbc=torch.from_numpy(pbc).unsqueeze(0),

@@ -120,7 +120,7 @@ class E3Potential(nn.Module):
             h = layer(h, onehot, sh, radial, graph.edge_index)
         out = self.readout(h).squeeze(-1) * self.energy_scale  # (n_atoms,) model dtype
         # Energy bookkeeping in float64 whatever the model dtype: the shifts are thousands of eV,
-        # where float32 resolves only ~1 meV, and the per-atom energies are summed in float64.
+        # where float32 steps by 1-2 meV, and the per-atom energies are summed in float64.
         return out.to(torch.float64) + self.energy_shift[graph.species]
 
     @property

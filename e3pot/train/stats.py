@@ -1,7 +1,7 @@
 """Constants fitted once on the training data and stored with the model."""
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -9,9 +9,10 @@ import torch
 from e3pot.data.dataset import GraphDataset
 
 
-def composition_matrix(dataset: GraphDataset, n_species: int) -> np.ndarray:
-    """(n_frames, n_species) counts of each species per frame."""
-    return np.stack([np.bincount(g.species.numpy(), minlength=n_species) for g, _ in dataset.items])
+def composition_matrix(dataset: GraphDataset, n_species: int, indices: Optional[Sequence[int]] = None) -> np.ndarray:
+    """(n_frames, n_species) counts of each species per frame (of the frames ``indices``; default all)."""
+    items = dataset.items if indices is None else [dataset.items[k] for k in indices]
+    return np.stack([np.bincount(g.species.numpy(), minlength=n_species) for g, _ in items])
 
 
 def fit_energy_shift(dataset: GraphDataset, n_species: int) -> np.ndarray:
@@ -73,16 +74,14 @@ def shift_correction(model, dataset: GraphDataset, indices: Sequence[int], batch
     from e3pot.data.dataset import collate_batch
     from e3pot.nn.scatter import scatter_sum
 
-    n_species = len(model.energy_shift)
     device, dtype = model.energy_shift.device, model.dtype
-    residuals, counts = [], []
+    residuals = []
     with torch.no_grad():
         for start in range(0, len(indices), batch_size):
             graph, labels, _ = collate_batch([dataset[k] for k in indices[start:start + batch_size]])
             graph = graph.to(device=device, dtype=dtype)
             energy = scatter_sum(model(graph), graph.batch, graph.n_graphs)  # (n_graphs,) float64
             residuals.append((labels.energy.to(device) - energy).cpu().numpy())
-            onehot = torch.nn.functional.one_hot(graph.species, n_species).double()
-            counts.append(scatter_sum(onehot, graph.batch, graph.n_graphs).cpu().numpy())
-    delta, *_ = np.linalg.lstsq(np.concatenate(counts), np.concatenate(residuals), rcond=None)
+    counts = composition_matrix(dataset, len(model.energy_shift), indices).astype(float)
+    delta, *_ = np.linalg.lstsq(counts, np.concatenate(residuals), rcond=None)
     return delta
