@@ -18,6 +18,50 @@ class Prediction(NamedTuple):
     atomic_energies: Tensor  # (n_atoms,) eV
 
 
+def apply_strain(graph: AtomicGraph, compute_stress: bool) -> Tuple[Tensor, Tensor, List[Tensor]]:
+    """Positions and edge shifts from fresh leaf positions (and, for stress, a zero strain applied to
+    both), and the tensors to differentiate the energy by: ``[positions]`` or ``[positions, strain]``."""
+    positions = graph.positions.detach().requires_grad_(True)
+    inputs: List[Tensor] = [positions]
+    strained_positions, edge_shift = positions, graph.edge_shift
+    if compute_stress:
+        strain = torch.zeros_like(graph.cell).requires_grad_(True)  # (n_graphs, 3, 3)
+        sym = 0.5 * (strain + strain.transpose(1, 2))
+        if graph.cell.shape[0] == 1:  # one structure: no per-edge copies of the strain
+            strained_positions = positions + positions @ sym[0]
+            edge_shift = edge_shift + edge_shift @ sym[0]
+        else:
+            strained_positions = positions + torch.bmm(positions.unsqueeze(1), sym[graph.batch]).squeeze(1)
+            edge_graph = graph.batch[graph.edge_index[1]]
+            edge_shift = edge_shift + torch.bmm(edge_shift.unsqueeze(1), sym[edge_graph]).squeeze(1)
+        inputs.append(strain)
+    return strained_positions, edge_shift, inputs
+
+
+def derivatives(energy: Tensor, inputs: List[Tensor], cell: Tensor, pbc: Tensor,
+                training: bool) -> Tuple[Tensor, Optional[Tensor]]:
+    """Forces -dE/dR (n_atoms, 3) and, when ``inputs`` holds a strain, stress (n_graphs, 3, 3)."""
+    grad_outputs: List[Optional[Tensor]] = [torch.ones_like(energy)]
+    grads = torch.autograd.grad([energy], inputs, grad_outputs=grad_outputs, create_graph=training)
+    d_positions = grads[0]
+    assert d_positions is not None
+    stress: Optional[Tensor] = None
+    if len(inputs) > 1:
+        d_strain = grads[1]
+        assert d_strain is not None
+        stress = stress_from_strain_derivative(d_strain, cell, pbc)
+    return -d_positions, stress
+
+
+def stress_from_strain_derivative(d_strain: Tensor, cell: Tensor, pbc: Tensor) -> Tensor:
+    """(1/V) dE/dε (n_graphs, 3, 3), ASE's convention with V the cell volume, vacuum included. A cell with
+    a zero vector along a non-periodic direction (a 2D material) has no volume: NaN there."""
+    volume = torch.linalg.det(cell).abs()  # (n_graphs,)
+    has_volume = pbc.any(dim=1) & (volume > 1e-10)
+    stress = d_strain / torch.where(has_volume, volume, torch.ones_like(volume))[:, None, None]
+    return torch.where(has_volume[:, None, None], stress, torch.full_like(stress, float("nan")))
+
+
 @compile_mode("script")
 class Conservative(nn.Module):
     """Wraps a per-atom energy model; returns energy, forces = -dE/dR and stress = (1/V) dE/d(strain).
@@ -32,45 +76,29 @@ class Conservative(nn.Module):
 
     def forward(self, graph: AtomicGraph, compute_stress: bool = False,
                 training: bool = False) -> Tuple[Tensor, Tensor, Optional[Tensor], Tensor]:
-        positions = graph.positions.detach().requires_grad_(True)
-        n_graphs = graph.cell.shape[0]
-        inputs: List[Tensor] = [positions]
-        strained_positions, edge_shift = positions, graph.edge_shift
-        if compute_stress:
-            strain = torch.zeros_like(graph.cell).requires_grad_(True)  # (n_graphs, 3, 3)
-            sym = 0.5 * (strain + strain.transpose(1, 2))
-            strained_positions = positions + torch.bmm(positions.unsqueeze(1), sym[graph.batch]).squeeze(1)
-            edge_graph = graph.batch[graph.edge_index[1]]
-            edge_shift = edge_shift + torch.bmm(edge_shift.unsqueeze(1), sym[edge_graph]).squeeze(1)
-            inputs.append(strain)
-        graph = AtomicGraph(strained_positions, graph.species, graph.edge_index, edge_shift, graph.batch,
-                            graph.cell, graph.pbc)
-
-        atomic_energies = self.model(graph)  # (n_atoms,)
-        energy = scatter_sum(atomic_energies, graph.batch, n_graphs)  # (n_graphs,)
-        grad_outputs: List[Optional[Tensor]] = [torch.ones_like(energy)]
-        grads = torch.autograd.grad([energy], inputs, grad_outputs=grad_outputs, create_graph=training)
-        d_positions = grads[0]
-        assert d_positions is not None
-        forces = -d_positions
-        stress: Optional[Tensor] = None
-        if compute_stress:
-            d_strain = grads[1]
-            assert d_strain is not None
-            volume = torch.linalg.det(graph.cell).abs()  # (n_graphs,)
-            # ASE's convention: (1/V) dE/dε with V the cell volume, vacuum included. A cell with a
-            # zero vector along a non-periodic direction (a 2D material) has no volume: NaN there.
-            has_volume = graph.pbc.any(dim=1) & (volume > 1e-10)
-            stress = d_strain / torch.where(has_volume, volume, torch.ones_like(volume))[:, None, None]
-            stress = torch.where(has_volume[:, None, None], stress, torch.full_like(stress, float("nan")))
+        positions, edge_shift, inputs = apply_strain(graph, compute_stress)
+        strained = AtomicGraph(positions, graph.species, graph.edge_index, edge_shift, graph.batch, graph.cell,
+                               graph.pbc)
+        atomic_energies = self.model(strained)  # (n_atoms,)
+        energy = scatter_sum(atomic_energies, graph.batch, graph.cell.shape[0])  # (n_graphs,)
+        forces, stress = derivatives(energy, inputs, graph.cell, graph.pbc, training)
         return energy, forces, stress, atomic_energies
 
 
 def evaluate(model: nn.Module, graph: AtomicGraph, compute_stress: bool = False,
-             training: bool = False) -> Prediction:
+             training: bool = False, memory_budget: Optional[float] = None) -> Prediction:
     """Energies, forces and, if asked, stress for a batch (see :class:`Conservative`).
 
     ``training=True`` keeps the graph of the derivatives so that a loss on forces can be
-    back-propagated (double backward).
+    back-propagated (double backward). ``memory_budget`` (GiB; default: see
+    :func:`e3pot.model.chunked.default_budget`) bounds the memory of inference: a graph whose
+    direct evaluation would exceed it is evaluated in chunks of receiving atoms, with the same
+    result (see :mod:`e3pot.model.chunked`).
     """
+    if not training:
+        from e3pot.model.chunked import plan, chunked_evaluate
+
+        chunk_edges = plan(model, graph, compute_stress, memory_budget)
+        if chunk_edges is not None:
+            return Prediction(*chunked_evaluate(model, graph, compute_stress, chunk_edges))
     return Prediction(*Conservative(model)(graph, compute_stress, training))

@@ -6,7 +6,7 @@ Total energy is the sum of the per-atom energies; forces and stress come from
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 from e3nn import o3
@@ -110,18 +110,35 @@ class E3Potential(nn.Module):
 
     def forward(self, graph: AtomicGraph) -> Tensor:
         """Per-atom energies (n_atoms,) in eV, float64."""
-        sender, receiver = graph.edge_index[0], graph.edge_index[1]
-        vec = graph.positions[sender] - graph.positions[receiver] + graph.edge_shift  # (n_edges, 3)
-        sh = self.sh(vec)  # (n_edges, irreps_sh.dim)
-        radial = self.radial(torch.linalg.vector_norm(vec, dim=-1))  # (n_edges, num_basis)
-        onehot = torch.nn.functional.one_hot(graph.species, self.num_species).to(vec.dtype)
+        sh, radial = self.edge_features(graph.positions, graph.edge_index[0], graph.edge_index[1], graph.edge_shift)
+        onehot = self.onehot(graph.species)
         h = self.embedding(onehot)
         for layer in self.layers:
             h = layer(h, onehot, sh, radial, graph.edge_index)
+        return self.atomic_energies(h, graph.species)
+
+    @torch.jit.export
+    def edge_features(self, positions: Tensor, sender: Tensor, receiver: Tensor,
+                      edge_shift: Tensor) -> Tuple[Tensor, Tensor]:
+        """Spherical harmonics (n_edges, irreps_sh.dim) and radial basis (n_edges, num_basis) of the edges."""
+        return self.edge_embedding(positions[sender] - positions[receiver] + edge_shift)
+
+    @torch.jit.export
+    def edge_embedding(self, vec: Tensor) -> Tuple[Tensor, Tensor]:
+        """Spherical harmonics and radial basis of edge vectors (n_edges, 3) Å."""
+        return self.sh(vec), self.radial(torch.linalg.vector_norm(vec, dim=-1))
+
+    @torch.jit.export
+    def onehot(self, species: Tensor) -> Tensor:
+        return torch.nn.functional.one_hot(species, self.num_species).to(self.energy_scale.dtype)
+
+    @torch.jit.export
+    def atomic_energies(self, h: Tensor, species: Tensor) -> Tensor:
+        """Read-out of the last layer's features (n_atoms, dim) into per-atom energies (n_atoms,), float64."""
         out = self.readout(h).squeeze(-1) * self.energy_scale  # (n_atoms,) model dtype
         # Energy bookkeeping in float64 whatever the model dtype: the shifts are thousands of eV,
         # where float32 steps by 1-2 meV, and the per-atom energies are summed in float64.
-        return out.to(torch.float64) + self.energy_shift[graph.species]
+        return out.to(torch.float64) + self.energy_shift[species]
 
     @property
     def dtype(self) -> torch.dtype:

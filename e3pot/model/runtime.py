@@ -61,8 +61,12 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def run_model(model, graph, compute_stress: bool):
-    """(energy, forces, stress, atomic_energies) from an eager model or an exported one."""
+def run_model(model, graph, compute_stress: bool, memory_budget: Optional[float] = None):
+    """(energy, forces, stress, atomic_energies) from an eager model or an exported one, within
+    ``memory_budget`` GiB (see :func:`e3pot.model.forces.evaluate`)."""
     if isinstance(model, ExportedModel):
+        from e3pot.model.chunked import plan
+
+        plan(model, graph, compute_stress, memory_budget)  # raises if it does not fit in one piece
         return model(graph, compute_stress)
-    return tuple(evaluate(model, graph, compute_stress=compute_stress))
+    return tuple(evaluate(model, graph, compute_stress=compute_stress, memory_budget=memory_budget))

@@ -84,9 +84,18 @@ class Interaction(nn.Module):
     def forward(self, h: Tensor, onehot: Tensor, sh: Tensor, radial: Tensor, edge_index: Tensor) -> Tensor:
         # h (n_atoms, irreps_in.dim), onehot (n_atoms, n_species), sh (n_edges, irreps_sh.dim),
         # radial (n_edges, num_basis), edge_index (2, n_edges) [sender, receiver]
-        sender, receiver = edge_index[0], edge_index[1]
         x = self.linear_in(h)
-        x = self.conv(x, sh, self.radial(radial), sender, receiver)  # (n_atoms, gate.irreps_in.dim)
-        x = x + self.self_connection(h, onehot)
+        return self.update(h, onehot, self.message(x, sh, radial, edge_index[0], edge_index[1], -1))
+
+    @torch.jit.export
+    def message(self, x: Tensor, sh: Tensor, radial: Tensor, sender: Tensor, receiver: Tensor, n_out: int) -> Tensor:
+        """Neighbour sum of the messages of ``x = linear_in(h)`` (n_atoms, irreps_in.dim) along the edges,
+        (n_out, gate.irreps_in.dim); ``n_out = -1``: every atom receives."""
+        return self.conv(x, sh, self.radial(radial), sender, receiver, n_out)
+
+    @torch.jit.export
+    def update(self, h: Tensor, onehot: Tensor, message: Tensor) -> Tensor:
+        """Self-connection, gate and residual, atom by atom: (n, irreps_in.dim) -> (n, irreps_out.dim)."""
+        x = message + self.self_connection(h, onehot)
         x = self.gate(x)
         return h[:, self.res_start:self.res_stop] + x if self.resnet else x

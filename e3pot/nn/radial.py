@@ -15,18 +15,21 @@ class PolynomialCutoff(nn.Module):
 
     def __init__(self, r_max: float, p: int = 6):
         super().__init__()
-        if p < 2:
-            raise ValueError(f"polynomial cutoff needs p >= 2, got {p}")
+        if p < 2 or p != int(p):
+            raise ValueError(f"polynomial cutoff needs an integer p >= 2, got {p}")
         self.r_max = float(r_max)
         self.p = float(p)
+        self.p_int = int(p)
 
     def forward(self, r: Tensor) -> Tensor:  # (n_edges,) Å -> (n_edges,)
         x = r / self.r_max
         p = self.p
-        u = (1.0
-             - 0.5 * (p + 1.0) * (p + 2.0) * x.pow(p)
-             + p * (p + 2.0) * x.pow(p + 1.0)
-             - 0.5 * p * (p + 1.0) * x.pow(p + 2.0))
+        # 1 - (p+1)(p+2)/2 x^p + p(p+2) x^(p+1) - p(p+1)/2 x^(p+2), in Horner form with x^p by products
+        # (a generic pow costs ten times as much on the CPU)
+        xp = x
+        for _ in range(self.p_int - 1):
+            xp = xp * x
+        u = 1.0 - xp * (0.5 * (p + 1.0) * (p + 2.0) - x * (p * (p + 2.0) - 0.5 * p * (p + 1.0) * x))
         return u * (x < 1.0)
 
 

@@ -142,14 +142,17 @@ class EdgeTensorProductScatter(nn.Module):
             self.out_mul.append(mul)
             used[t] += mul
 
-    def forward(self, x: Tensor, sh: Tensor, weight: Tensor, sender: Tensor, receiver: Tensor) -> Tensor:
+    def forward(self, x: Tensor, sh: Tensor, weight: Tensor, sender: Tensor, receiver: Tensor,
+                n_out: int = -1) -> Tensor:
         # x (n_atoms, irreps_in.dim), sh (n_edges, irreps_sh.dim), weight (n_edges, weight_numel),
-        # sender/receiver (n_edges,) -> (n_atoms, irreps_out.dim)
-        n_atoms, n_edges = x.shape[0], sh.shape[0]
+        # sender/receiver (n_edges,) -> (n_out, irreps_out.dim); n_out defaults to n_atoms (a chunk
+        # of receiving atoms passes its own count and receivers numbered from 0)
+        n_in, n_edges = x.shape[0], sh.shape[0]
+        n_atoms = n_in if n_out < 0 else n_out
         # per input block, channel-last: (n_atoms, d1, mul)
         xt: List[Tensor] = []
         for b in range(len(self.in_mul)):
-            block = x[:, self.in_start[b]:self.in_stop[b]].reshape(n_atoms, self.in_mul[b], self.in_dim[b])
+            block = x[:, self.in_start[b]:self.in_stop[b]].reshape(n_in, self.in_mul[b], self.in_dim[b])
             xt.append(block.transpose(1, 2).contiguous())
         maps = torch.split(sh @ self.cg, self.cg_sizes, dim=1)
         weights = torch.split(weight, self.w_sizes, dim=1)

@@ -1,0 +1,277 @@
+"""Memory-bounded evaluation of large structures: chunks of receiving atoms and a layer-by-layer backward.
+
+A direct evaluation keeps every edge's activations of every layer for the force backward: about
+19 KB per edge and layer at NequIP's hyperparameters in float32, or 4 MB per atom of liquid water.
+Here the edges are sorted by receiver and cut into chunks of contiguous receiving atoms. The forward
+runs without an autograd graph and keeps only each layer's per-atom features. The backward walks the
+layers in reverse and, chunk by chunk, recomputes the chunk's messages from the features of its own
+senders and differentiates them. What stays in memory is the per-atom features of every layer, the
+sorted edge list with its harmonics and radial basis, and one chunk's working set.
+
+Energies, forces and stress equal those of the direct path up to the order of floating-point sums
+(float64: about 1e-15 relative). Training never chunks: its batches are small, and a force loss
+needs the double backward that only the direct path keeps.
+"""
+from __future__ import annotations
+
+import os
+from typing import List, NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from e3pot.data.graph import AtomicGraph
+from e3pot.model.forces import stress_from_strain_derivative
+from e3pot.nn.scatter import scatter_sum
+
+GIB = float(2 ** 30)
+# Largest working set of one chunk (GiB). On the CPU, chunks of about 16k edges (0.75 GiB at
+# NequIP's hyperparameters in float32) were the fastest at 768 atoms, and bigger ones were slower
+# (benchmarks/large_systems.py); a GPU wants bigger chunks to keep its kernels busy.
+CHUNK_GIB = {"cpu": 0.75, "cuda": 4.0}
+# Default budget on the CPU (GiB), capped at 60% of the free memory. Chunked evaluation costs
+# about 1.0-1.3x the direct one per atom, so a large direct evaluation gains little.
+CPU_BUDGET_GIB = 4.0
+MIN_CHUNK_ATOMS = 32  # smaller chunks would spend more time in Python than in arithmetic
+
+
+class MemoryBudgetError(MemoryError):
+    """A structure needs more memory than the budget allows, even when evaluated in chunks."""
+
+
+class Footprint(NamedTuple):
+    """Bytes that an evaluation keeps, as linear functions of the numbers of atoms and edges."""
+
+    direct_per_edge: float  # direct path: all layers' edge activations and their gradients
+    direct_per_atom: float
+    chunk_per_edge: float  # chunked path: working set of one chunk of one layer, per edge
+    kept_per_edge: float  # chunked path: edge list, sorted copies, geometry gradients
+    kept_per_atom: float  # chunked path: per-atom features of every layer and their gradients
+
+    def direct(self, n_atoms: int, n_edges: int) -> float:
+        return self.direct_per_edge * n_edges + self.direct_per_atom * n_atoms
+
+    def kept(self, n_atoms: int, n_edges: int) -> float:
+        return self.kept_per_edge * n_edges + self.kept_per_atom * n_atoms
+
+
+def _potential(model):
+    """The per-atom energy module of an eager model or of a loaded TorchScript export."""
+    module = getattr(model, "module", None)  # ExportedModel
+    if module is not None:
+        return module.conservative.model
+    return model
+
+
+def _layers(pot) -> list:
+    """The interaction blocks, in order (also of a TorchScript module, whose ModuleList cannot be iterated)."""
+    return list(pot.layers.children())
+
+
+def footprint(model, itemsize: int) -> Footprint:
+    """Estimated memory of an energy+forces call, per edge and per atom, for ``model`` in a dtype of
+    ``itemsize`` bytes, from the sizes of its edge tensors. The constants were fitted to the peak RSS of
+    water boxes (768 to 12,288 atoms, three model sizes, float32 and float64) and err on the high side."""
+    pot = _potential(model)
+    edge_floats, in_dims = [], []
+    for layer in _layers(pot):
+        conv = layer.conv
+        e = int(conv.weight_numel) + int(sum(conv.cg_sizes))
+        for k in range(len(conv.cg_sizes)):
+            b = int(conv.block_of[k])
+            e += (int(conv.n_paths[k]) * int(conv.d3s[k]) + int(conv.in_dim[b])) * int(conv.in_mul[b])
+        e += 2 * sum(int(m.weight.shape[1]) for m in layer.radial.children() if hasattr(m, "weight"))
+        edge_floats.append(e)
+        in_dims.append(int(conv.in_stop[-1]))
+    return Footprint(
+        direct_per_edge=itemsize * (1.4 * sum(edge_floats) + 60),
+        direct_per_atom=itemsize * 8.0 * sum(in_dims),
+        chunk_per_edge=itemsize * 1.6 * max(edge_floats),
+        kept_per_edge=64.0 + itemsize * 40,
+        kept_per_atom=64.0 + itemsize * (sum(in_dims) + 8 * max(in_dims)),
+    )
+
+
+def available_memory(device: torch.device) -> float:
+    """Free memory in bytes: the GPU's free memory, or the kernel's MemAvailable on Linux CPUs."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return float(free)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) / 2
+
+
+def default_budget(device: torch.device) -> float:
+    """The default memory budget in GiB: ``E3POT_MEMORY_BUDGET`` if set; on CUDA 60% of the GPU's free
+    memory; on the CPU 4 GiB or 60% of the free memory if that is less."""
+    env = os.environ.get("E3POT_MEMORY_BUDGET")
+    if env:
+        try:
+            return float(env)
+        except ValueError:
+            raise ValueError(f"E3POT_MEMORY_BUDGET must be a number of GiB, got {env!r}") from None
+    free = 0.6 * available_memory(device) / GIB
+    return free if device.type == "cuda" else min(CPU_BUDGET_GIB, free)
+
+
+def plan(model, graph: AtomicGraph, compute_stress: bool, memory_budget: Optional[float] = None) -> Optional[int]:
+    """Edges per chunk for evaluating ``graph`` within ``memory_budget`` GiB, or None for the direct path.
+
+    Raises :class:`MemoryBudgetError` when even the chunked path would exceed the budget."""
+    n_atoms, n_edges = graph.positions.shape[0], graph.edge_index.shape[1]
+    device = graph.positions.device
+    budget = (default_budget(device) if memory_budget is None else float(memory_budget)) * GIB
+    if budget <= 0:
+        raise ValueError(f"memory_budget must be positive, got {memory_budget} GiB")
+    fp = footprint(model, graph.positions.element_size())
+    if fp.direct(n_atoms, n_edges) <= budget:
+        return None
+    room = min(budget - fp.kept(n_atoms, n_edges), CHUNK_GIB.get(device.type, CHUNK_GIB["cpu"]) * GIB)
+    per_atom_edges = max(1.0, n_edges / max(n_atoms, 1))
+    smallest = int(MIN_CHUNK_ATOMS * per_atom_edges)
+    if room < fp.chunk_per_edge * smallest:
+        need = fp.kept(n_atoms, n_edges) + fp.chunk_per_edge * smallest
+        raise MemoryBudgetError(
+            f"a structure of {n_atoms} atoms and {n_edges} edges needs about {need / GIB:.1f} GiB even when "
+            f"evaluated in chunks, more than the memory budget of {budget / GIB:.1f} GiB; raise the budget "
+            "(memory_budget= in the calculator and predict, --memory-budget in e3pot predict, or "
+            "E3POT_MEMORY_BUDGET=GiB), or run on a machine with more memory")
+    return int(room / fp.chunk_per_edge)
+
+
+def chunk_bounds(receiver: Tensor, n_atoms: int, chunk_edges: int) -> List[Tuple[int, int, int, int]]:
+    """(first atom, end atom, first edge, end edge) of each chunk, for edges sorted by ``receiver``:
+    contiguous atoms whose edges number at most ``chunk_edges`` (or one atom, if it alone has more)."""
+    ends = torch.cumsum(torch.bincount(receiver, minlength=n_atoms), 0).cpu()  # (n_atoms,) edge end per atom
+    bounds: List[Tuple[int, int, int, int]] = []
+    a0, e0 = 0, 0
+    while a0 < n_atoms:
+        a1 = int(torch.searchsorted(ends, e0 + chunk_edges, right=True))
+        a1 = min(max(a1, a0 + 1), n_atoms)
+        e1 = int(ends[a1 - 1])
+        bounds.append((a0, a1, e0, e1))
+        a0, e0 = a1, e1
+    return bounds
+
+
+class _Chunk(NamedTuple):
+    first_atom: int
+    end_atom: int
+    first_edge: int
+    end_edge: int
+    senders: Tensor  # (n_senders,) long, the distinct senders of the chunk's edges
+    local_sender: Tensor  # (n_edges_chunk,) long, index of each edge's sender in ``senders``
+    local_receiver: Tensor  # (n_edges_chunk,) long, receiver - first_atom
+
+    @property
+    def atoms(self) -> slice:
+        return slice(self.first_atom, self.end_atom)
+
+    @property
+    def edges(self) -> slice:
+        return slice(self.first_edge, self.end_edge)
+
+
+def _forward_layer(layer, c: _Chunk, h: Tensor, onehot: Tensor, x_senders: Tensor, sh: Tensor,
+                   radial: Tensor) -> Tensor:
+    """One layer's new features of the chunk's atoms (h, onehot: theirs; sh, radial: their edges'),
+    from the features ``x = linear_in(h)`` of the chunk's senders only."""
+    message = layer.message(x_senders, sh, radial, c.local_sender, c.local_receiver, c.end_atom - c.first_atom)
+    return layer.update(h, onehot, message)
+
+
+def chunked_evaluate(model, graph: AtomicGraph, compute_stress: bool,
+                     chunk_edges: int) -> Tuple[Tensor, Tensor, Optional[Tensor], Tensor]:
+    """(energy, forces, stress, atomic_energies) as :class:`~e3pot.model.forces.Conservative` gives them,
+    computed in chunks of receiving atoms with a layer-by-layer backward.
+
+    The forward runs without a graph and keeps each layer's per-atom features. The backward goes
+    through the layers in reverse; for each chunk it recomputes the chunk's forward from the features
+    of its senders alone and takes the derivatives with respect to them, the chunk's own features and
+    its edges' harmonics and radial basis. Every derivative is accumulated in place by index, so no
+    chunk touches a tensor of the size of the whole structure. The energy depends on the positions only
+    through the edge vectors r_ij, so forces are sums of dE/dr_ij over edges, and dE/d(strain) is the
+    virial sum r_ij (dE/dr_ij)^T, symmetrised.
+    """
+    pot = _potential(model)
+    n_atoms, n_graphs = graph.positions.shape[0], graph.cell.shape[0]
+    receiver = graph.edge_index[1]
+    order = torch.argsort(receiver, stable=True)
+    receiver = receiver[order]
+    sender = graph.edge_index[0][order]
+    with torch.no_grad():
+        vec = graph.positions[sender] - graph.positions[receiver] + graph.edge_shift[order]  # (n_edges, 3)
+        del order
+        chunks = []
+        for a0, a1, e0, e1 in chunk_bounds(receiver, n_atoms, chunk_edges):
+            senders, local = torch.unique(sender[e0:e1], return_inverse=True)
+            chunks.append(_Chunk(a0, a1, e0, e1, senders, local, receiver[e0:e1] - a0))
+        sh, radial = pot.edge_embedding(vec)  # (n_edges, sh_dim), (n_edges, num_basis)
+        onehot = pot.onehot(graph.species)
+        layers = _layers(pot)
+        hs = [pot.embedding(onehot)]  # features entering each layer, then the last layer's output
+        for layer in layers:
+            x = layer.linear_in(hs[-1])
+            hs.append(torch.cat([_forward_layer(layer, c, hs[-1][c.atoms], onehot[c.atoms], x[c.senders],
+                                                sh[c.edges], radial[c.edges]) for c in chunks]))
+            del x
+
+    with torch.enable_grad():
+        h = hs.pop().requires_grad_(True)
+        atomic = pot.atomic_energies(h, graph.species)  # (n_atoms,) float64
+        (g_h,) = torch.autograd.grad([atomic.sum()], [h])
+    atomic = atomic.detach()
+    g_sh, g_radial = torch.zeros_like(sh), torch.zeros_like(radial)
+    for layer in reversed(layers):
+        h_in = hs.pop()
+        g_in = torch.zeros_like(h_in)
+        with torch.enable_grad():
+            h_leaf = h_in.detach().requires_grad_(True)
+            x_full = layer.linear_in(h_leaf)
+            x = x_full.detach()
+            g_x = torch.zeros_like(x)
+            for c in chunks:
+                x_senders = x[c.senders].requires_grad_(True)
+                h_c = h_in[c.atoms].requires_grad_(True)
+                sh_c = sh[c.edges].requires_grad_(True)
+                radial_c = radial[c.edges].requires_grad_(True)
+                out = _forward_layer(layer, c, h_c, onehot[c.atoms], x_senders, sh_c, radial_c)
+                g_xs, g_hc, g_shc, g_rc = torch.autograd.grad([out], [x_senders, h_c, sh_c, radial_c],
+                                                              [g_h[c.atoms]], allow_unused=True)
+                g_x.index_add_(0, c.senders, g_xs)
+                if g_hc is not None:  # None when the block has no residual and no self-connection path
+                    g_in[c.atoms] += g_hc
+                g_sh[c.edges] += g_shc
+                g_radial[c.edges] += g_rc
+            g_in += torch.autograd.grad([x_full], [h_leaf], [g_x])[0]
+        g_h = g_in
+
+    # edge vectors -> forces and the virial, chunk by chunk
+    forces = torch.zeros_like(graph.positions)
+    virial = torch.zeros((n_graphs, 3, 3), dtype=vec.dtype, device=vec.device)
+    edge_graph = graph.batch[receiver] if n_graphs > 1 else None
+    for c in chunks:
+        e = c.edges
+        with torch.enable_grad():
+            vec_c = vec[e].detach().requires_grad_(True)
+            sh_c, radial_c = pot.edge_embedding(vec_c)
+            (g_vec,) = torch.autograd.grad([sh_c, radial_c], [vec_c], [g_sh[e], g_radial[e]])
+        forces.index_add_(0, receiver[e], g_vec)
+        forces.index_add_(0, sender[e], -g_vec)
+        if compute_stress:
+            outer = vec[e].unsqueeze(2) * g_vec.unsqueeze(1)  # (n_edges_chunk, 3, 3)
+            if edge_graph is None:
+                virial[0] += outer.sum(0)
+            else:
+                virial.index_add_(0, edge_graph[e], outer)
+    stress = None
+    if compute_stress:
+        stress = stress_from_strain_derivative(0.5 * (virial + virial.transpose(1, 2)), graph.cell, graph.pbc)
+    energy = scatter_sum(atomic, graph.batch, n_graphs)
+    return energy, forces, stress, atomic
