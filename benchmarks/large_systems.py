@@ -7,7 +7,7 @@ generated one) repeated along the cell vectors. Each row runs in a fresh child p
 RSS (VmHWM) is its own: build the model (NequIP-matched hyperparameters by default, float32), build
 the graph (timed: the neighbour list), then energy+forces (or energy+forces+stress) calls through
 :func:`e3pot.model.forces.evaluate` with the default memory budget, or --budget GiB. ``direct`` rows
-force the one-piece path for comparison. A last part times ASE MD steps through the calculator at
+force the one-piece path and ``chunked`` rows the chunked one, for comparison at equal size. A last part times ASE MD steps through the calculator at
 12k atoms with and without the Verlet skin (--md-size, --md-steps).
 """
 from __future__ import annotations
@@ -28,25 +28,21 @@ from speed import PRESETS, SPECIES, build, peak_rss_mb, timeit  # noqa: E402
 
 from e3pot.allocator import tune_allocator  # noqa: E402
 
-REPEATS = {768: (1, 1, 1), 3072: (1, 2, 2), 12288: (2, 2, 4), 49152: (4, 4, 4), 98304: (4, 4, 8),
-           110592: (4, 6, 6)}
+REPEATS = {1: (1, 1, 1), 4: (1, 2, 2), 16: (2, 2, 4), 64: (4, 4, 4), 128: (4, 4, 8), 144: (4, 6, 6)}
 
 
 def water(n_atoms: int, data_dir):
     _, box, _ = structures.load(data_dir)
     if n_atoms % len(box):
         raise SystemExit(f"--sizes: {n_atoms} is not a multiple of the {len(box)}-atom water box")
-    reps = REPEATS.get(n_atoms)
-    if reps is None:
-        k = n_atoms // len(box)
-        reps = (1, 1, k)
-    return box.repeat(reps)
+    k = n_atoms // len(box)
+    return box.repeat(REPEATS.get(k, (1, 1, k)))
 
 
 def child(args) -> None:
     from e3pot.data.graph import collate
     from e3pot.data.neighbors import SpeciesMap, atoms_to_graph
-    from e3pot.model.chunked import GIB, default_budget, footprint, plan
+    from e3pot.model.chunked import CHUNK_GIB, GIB, default_budget, footprint, plan
     from e3pot.model.forces import evaluate
 
     tune_allocator()
@@ -54,12 +50,18 @@ def child(args) -> None:
     model = build(args.preset, getattr(torch, args.dtype), avg_num_neighbors=50.0)
     atoms = water(args.size, args.data_dir)
     t0 = time.perf_counter()
-    graph = collate([atoms_to_graph(atoms, SpeciesMap(model.atomic_numbers), model.r_max)]).to(dtype=model.dtype)
+    # float64 geometry, as the calculator and predict pass it (edge vectors are cast after the subtraction)
+    graph = collate([atoms_to_graph(atoms, SpeciesMap(model.atomic_numbers), model.r_max)])
     nl_s = time.perf_counter() - t0
     n, e = len(atoms), int(graph.edge_index.shape[1])
-    budget = 1e6 if args.mode == "direct" else (args.budget or default_budget(graph.positions.device))
+    fp = footprint(model, model.energy_scale.element_size())
+    if args.mode == "direct":
+        budget = 1e6
+    elif args.mode == "chunked":  # forced, with chunks of the default size
+        budget = fp.kept(len(atoms), int(graph.edge_index.shape[1])) / GIB + CHUNK_GIB["cpu"]
+    else:
+        budget = args.budget or default_budget(graph.positions.device)
     chunk = plan(model, graph, args.stress, budget)
-    fp = footprint(model, graph.positions.element_size())
     reps = args.reps if args.reps else max(1, min(5, 20000 // n))
     r = timeit(lambda: evaluate(model, graph, compute_stress=args.stress, memory_budget=budget), reps,
                1 if n <= 12288 else 0)
@@ -101,8 +103,9 @@ def run_child(argv) -> dict:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", default="768,3072,12288,49152,110592", help="numbers of atoms (multiples of 768)")
-    p.add_argument("--direct-sizes", default="768,3072", help="sizes also run on the one-piece path")
+    p.add_argument("--sizes", default="768,3072,12288,49152,110592", help="numbers of atoms (multiples of the box: 768 atoms)")
+    p.add_argument("--direct-sizes", default="3072", help="sizes also run on the one-piece path")
+    p.add_argument("--chunked-sizes", default="768", help="sizes also run on the chunked path")
     p.add_argument("--stress-sizes", default=None, help="sizes also run with stress (default: all)")
     p.add_argument("--preset", default="matched", choices=sorted(PRESETS))
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
@@ -132,10 +135,11 @@ def main(argv=None) -> dict:
         common += ["--budget", str(args.budget)]
     sizes = [int(s) for s in args.sizes.split(",") if s]
     direct = [int(s) for s in args.direct_sizes.split(",") if s]
+    chunked = [int(s) for s in args.chunked_sizes.split(",") if s]
     stress_sizes = sizes if args.stress_sizes is None else [int(s) for s in args.stress_sizes.split(",") if s]
     rows = []
     for n in sizes:
-        for mode in (["direct"] if n in direct else []) + ["default"]:
+        for mode in (["direct"] if n in direct else []) + ["default"] + (["chunked"] if n in chunked else []):
             for stress in [False] + ([True] if n in stress_sizes else []):
                 r = run_child(["--child", "eval", "--size", str(n), "--mode", mode] + (["--stress"] if stress else []) + common)
                 rows.append(r)
@@ -164,7 +168,7 @@ def table(rows, md, args) -> str:
         keyed.setdefault((r["n_atoms"], r["mode"]), {})[r["stress"]] = r
     for (n, mode), pair in keyed.items():
         f, s = pair.get(False), pair.get(True)
-        path = "direct" if f["chunk_edges"] is None else "chunked"
+        path = ("direct" if f["chunk_edges"] is None else "chunked") + (" (default)" if mode == "default" else "")
         stress = (f"{s['step_s']['median_s']:.3f} | {s['peak_rss_gib']:.2f}" if s else "— | —")
         lines.append(f"| {n:,} | {f['n_edges']:,} | {path} | {f['chunk_edges'] or '—'} | {f['neighbor_list_s']:.2f} | "
                      f"{f['step_s']['median_s']:.3f} | {f['us_per_atom']:.0f} | {f['peak_rss_gib']:.2f} | {stress} |")

@@ -13,7 +13,7 @@ from e3pot.model.runtime import check_finite, load_any, model_device, run_model
 
 
 def iter_predictions(model, structures: Iterable, batch_size: int = 32, compute_stress: Optional[bool] = None,
-                     named: bool = False) -> Iterator[Dict[str, np.ndarray]]:
+                     named: bool = False, memory_budget: Optional[float] = None) -> Iterator[Dict[str, np.ndarray]]:
     """Yield one dict per structure: ``energy`` (eV), ``forces`` (eV/Å), ``energies`` (per atom, eV)
     and, for periodic structures with a cell volume, ``stress`` (3x3, eV/Å^3, ASE sign).
 
@@ -21,7 +21,8 @@ def iter_predictions(model, structures: Iterable, batch_size: int = 32, compute_
     ``ase.Atoms`` or an iterable of them, consumed lazily, ``batch_size`` at a time, so it may be a
     generator over a file larger than memory. With ``named=True`` it yields ``(name, atoms)`` pairs
     and errors quote the name; otherwise structures are named by their position in the stream.
-    A structure whose energy or forces come out NaN or infinite raises
+    ``memory_budget`` (GiB) bounds the memory of one batch; larger ones are evaluated in chunks
+    (see :mod:`e3pot.model.chunked`). A structure whose energy or forces come out NaN or infinite raises
     :class:`~e3pot.model.runtime.NonFiniteError` naming it; nothing non-finite is returned.
     """
     from ase import Atoms
@@ -33,15 +34,15 @@ def iter_predictions(model, structures: Iterable, batch_size: int = 32, compute_
     if isinstance(structures, Atoms):
         structures = [("structure 0", structures)] if named else [structures]
     species = SpeciesMap(model.atomic_numbers)
-    device, dtype = model_device(model), model.dtype
+    device = model_device(model)
     buffer: List = []
     names: List[str] = []
 
     def flush():
-        graph = collate(buffer).to(device=device, dtype=dtype)
+        graph = collate(buffer).to(device=device)  # float64 geometry (see the calculator)
         periodic = graph.pbc.any(dim=1).tolist()
         want_stress = any(periodic) if compute_stress is None else compute_stress
-        energy, forces, stress, atomic = run_model(model, graph, want_stress)
+        energy, forces, stress, atomic = run_model(model, graph, want_stress, memory_budget)
         check_finite(energy, forces, graph.batch, names)
         n_atoms = torch.bincount(graph.batch, minlength=len(buffer)).tolist()
         forces = forces.detach().cpu().double().numpy()
@@ -69,7 +70,7 @@ def iter_predictions(model, structures: Iterable, batch_size: int = 32, compute_
         yield from flush()
 
 
-def predict(model, structures: Iterable, batch_size: int = 32,
-            compute_stress: Optional[bool] = None) -> List[Dict[str, np.ndarray]]:
+def predict(model, structures: Iterable, batch_size: int = 32, compute_stress: Optional[bool] = None,
+            memory_budget: Optional[float] = None) -> List[Dict[str, np.ndarray]]:
     """List version of :func:`iter_predictions`."""
-    return list(iter_predictions(model, structures, batch_size, compute_stress))
+    return list(iter_predictions(model, structures, batch_size, compute_stress, memory_budget=memory_budget))

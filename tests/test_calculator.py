@@ -183,9 +183,11 @@ def run_nve(calc, dt_fs, steps):
     return np.array(e_tot), np.array(temps), atoms, steps / elapsed
 
 
-def test_nve_energy_conservation(trained_model):
-    calc = E3PotCalculator(trained_model)
+@pytest.mark.parametrize("skin", [0.0, 1.0], ids=["fresh-list", "verlet-skin"])
+def test_nve_energy_conservation(trained_model, skin):
+    calc = E3PotCalculator(trained_model, skin=skin)
     e_tot, temps, atoms, steps_per_s = run_nve(calc, NVE_DT_FS, NVE_STEPS)
+    builds = calc.neighbor_list_builds
     t_ps = np.arange(len(e_tot)) * NVE_DT_FS * 1e-3
     deviation = np.abs(e_tot - e_tot[0]).max()
     drift = np.polyfit(t_ps, e_tot, 1)[0]
@@ -197,7 +199,9 @@ def test_nve_energy_conservation(trained_model):
     distances = atoms.get_all_distances()[np.triu_indices(len(atoms), 1)]
     print(f"\nNVE ethanol, {NVE_STEPS} steps of {NVE_DT_FS} fs: max |E_tot(t) - E_tot(0)| = {deviation:.3e} eV, "
           f"drift = {drift:.3e} eV/ps, <T> = {temps.mean():.0f} K, {steps_per_s:.0f} MD steps/s; "
-          f"std(E_tot) ratio dt/(dt/2) over 0.5 ps = {ratio:.2f}")
+          f"std(E_tot) ratio dt/(dt/2) over 0.5 ps = {ratio:.2f}; skin {skin} Å: {builds} neighbour-list builds")
+    if skin > 0:  # the list was reused (a molecule at 300 K: atoms move ~0.01 Å per step)
+        assert builds < NVE_STEPS // 10
     # the run is real dynamics of a bound molecule, not a frozen or exploded one
     assert 100 < temps.mean() < 600
     assert distances.min() > 0.7 and distances.max() < 5.0

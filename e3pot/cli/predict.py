@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="structures per batch (default 32)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default cpu)")
     p.add_argument("--dtype", choices=["float32", "float64"], help="default: the model's own")
+    p.add_argument("--memory-budget", type=float, metavar="GIB",
+                   help="GiB one batch may use; larger structures are evaluated in chunks (default: 4 on the "
+                        "CPU, at most 60%% of free memory; 60%% of free GPU memory on CUDA)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -154,6 +157,8 @@ def run(args) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.memory_budget is not None and not args.memory_budget > 0:
+        raise ValueError(f"--memory-budget must be a positive number of GiB, got {args.memory_budget}")
     fmt = check_paths(args)
     model = load_any(args.model, device=args.device, dtype=args.dtype)
     pending: collections.deque = collections.deque()
@@ -175,7 +180,8 @@ def run(args) -> int:
         out = _Writer(tmp, fmt)
         try:
             bar = tqdm(unit="structure", disable=args.no_progress, desc="predicting")
-            for pred in iter_predictions(model, source(), batch_size=args.batch_size, named=True):
+            for pred in iter_predictions(model, source(), batch_size=args.batch_size, named=True,
+                                         memory_budget=args.memory_budget):
                 name, atoms = pending.popleft()
                 errors.add(pred, atoms)
                 out.write(atoms, pred)
@@ -212,6 +218,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         return run(args)
-    except (DataError, FileNotFoundError, ValueError) as exc:
+    except (DataError, FileNotFoundError, ValueError, MemoryError) as exc:
         print(f"e3pot predict: error: {exc}", file=sys.stderr)
         return 2

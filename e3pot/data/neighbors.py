@@ -1,7 +1,7 @@
 """Radius graphs from a neighbour-list library (vesin), periodic images included."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -59,18 +59,66 @@ def check_distances(i: np.ndarray, j: np.ndarray, dist: np.ndarray, source: str)
                         "duplicated or overlapping atoms?)")
 
 
-def frame_to_graph(frame: Frame, species: SpeciesMap, r_max: float) -> AtomicGraph:
-    """Build the graph of one structure (float64; cast when batching for the model)."""
+class VerletList:
+    """A neighbour list with a skin, for MD: built once with cutoff ``r_max + skin`` and reused while no
+    atom has moved more than ``skin / 2`` from where it was at the build (and the cell, the periodic
+    boundaries and the atoms are unchanged). Each call returns the pairs closer than ``r_max`` among
+    the stored candidates, which are exactly the pairs of a fresh list.
+
+    Attributes:
+        builds: how many times the list has been built.
+    """
+
+    def __init__(self, r_max: float, skin: float):
+        if not skin > 0:
+            raise ValueError(f"skin must be positive, got {skin}")
+        self.r_max, self.skin = float(r_max), float(skin)
+        self.builds = 0
+        self._ref = None  # positions, cell, pbc and numbers at the last build
+        self._pairs = None  # i, j, Cartesian shifts of the candidates
+
+    def _stale(self, pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, numbers: np.ndarray) -> bool:
+        if self._ref is None:
+            return True
+        ref_pos, ref_cell, ref_pbc, ref_numbers = self._ref
+        if (pos.shape != ref_pos.shape or not np.array_equal(cell, ref_cell) or not np.array_equal(pbc, ref_pbc)
+                or not np.array_equal(numbers, ref_numbers)):
+            return True
+        moved = np.einsum("ij,ij->i", pos - ref_pos, pos - ref_pos).max()
+        return moved > (0.5 * self.skin) ** 2
+
+    def __call__(self, pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, numbers: np.ndarray):
+        """(receiver i, sender j, Cartesian shift, distance) of the pairs closer than ``r_max``."""
+        if self._stale(pos, cell, pbc, numbers):
+            i, j, shifts, _ = neighbor_list(pos, cell, pbc, self.r_max + self.skin)
+            self._pairs = (i, j, shifts @ cell)
+            self._ref = (pos.copy(), cell.copy(), pbc.copy(), numbers.copy())
+            self.builds += 1
+        i, j, shift = self._pairs
+        vec = pos[j] - pos[i] + shift
+        dist = np.sqrt(np.einsum("ij,ij->i", vec, vec))
+        keep = dist < self.r_max
+        return i[keep], j[keep], shift[keep], dist[keep]
+
+
+def frame_to_graph(frame: Frame, species: SpeciesMap, r_max: float,
+                   verlet: Optional[VerletList] = None) -> AtomicGraph:
+    """Build the graph of one structure (float64; cast when batching for the model); ``verlet``
+    reuses a neighbour list with a skin between calls."""
     pos = np.ascontiguousarray(frame.positions, dtype=np.float64)
     cell = np.asarray(frame.cell, dtype=np.float64)
     pbc = np.asarray(frame.pbc, dtype=bool)
-    i, j, shifts, dist = neighbor_list(pos, cell, pbc, r_max)
+    if verlet is None:
+        i, j, shifts, dist = neighbor_list(pos, cell, pbc, r_max)
+        shifts = shifts @ cell
+    else:
+        i, j, shifts, dist = verlet(pos, cell, pbc, np.asarray(frame.numbers))
     check_distances(i, j, dist, frame.source)
     return AtomicGraph(
         positions=torch.from_numpy(pos),
         species=torch.from_numpy(species(frame.numbers, frame.source)),
         edge_index=torch.from_numpy(np.stack([j, i])),
-        edge_shift=torch.from_numpy(shifts @ cell),
+        edge_shift=torch.from_numpy(shifts),
         batch=torch.zeros(frame.n_atoms, dtype=torch.long),
         cell=torch.from_numpy(cell if pbc.any() else np.zeros((3, 3))).unsqueeze(0),
         pbc=torch.from_numpy(pbc).unsqueeze(0),
@@ -89,10 +137,11 @@ def frame_to_labels(frame: Frame) -> Labels:
     )
 
 
-def atoms_to_graph(atoms, species: SpeciesMap, r_max: float, source: str = "structure") -> AtomicGraph:
+def atoms_to_graph(atoms, species: SpeciesMap, r_max: float, source: str = "structure",
+                   verlet: Optional[VerletList] = None) -> AtomicGraph:
     """Graph of an ``ase.Atoms`` without reading its labels (for prediction)."""
     from e3pot.data.io import check_frame
 
     frame = Frame(numbers=np.asarray(atoms.numbers, dtype=np.int64), positions=atoms.positions,
                   cell=atoms.cell.array, pbc=np.asarray(atoms.pbc, dtype=bool), source=source)
-    return frame_to_graph(check_frame(frame), species, r_max)
+    return frame_to_graph(check_frame(frame), species, r_max, verlet)

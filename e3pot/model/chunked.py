@@ -129,7 +129,7 @@ def plan(model, graph: AtomicGraph, compute_stress: bool, memory_budget: Optiona
     budget = (default_budget(device) if memory_budget is None else float(memory_budget)) * GIB
     if budget <= 0:
         raise ValueError(f"memory_budget must be positive, got {memory_budget} GiB")
-    fp = footprint(model, graph.positions.element_size())
+    fp = footprint(model, _potential(model).energy_scale.element_size())
     if fp.direct(n_atoms, n_edges) <= budget:
         return None
     room = min(budget - fp.kept(n_atoms, n_edges), CHUNK_GIB.get(device.type, CHUNK_GIB["cpu"]) * GIB)
@@ -143,6 +143,20 @@ def plan(model, graph: AtomicGraph, compute_stress: bool, memory_budget: Optiona
             "(memory_budget= in the calculator and predict, --memory-budget in e3pot predict, or "
             "E3POT_MEMORY_BUDGET=GiB), or run on a machine with more memory")
     return int(room / fp.chunk_per_edge)
+
+
+def out_of_memory_message(model, graph: AtomicGraph, memory_budget: Optional[float]) -> str:
+    """What to say when the allocator fails: the estimate, the budget in force and how to lower it."""
+    n_atoms, n_edges = graph.positions.shape[0], graph.edge_index.shape[1]
+    device = graph.positions.device
+    budget = default_budget(device) if memory_budget is None else float(memory_budget)
+    fp = footprint(model, _potential(model).energy_scale.element_size())
+    return (f"out of memory on {device.type} evaluating a structure of {n_atoms} atoms and {n_edges} edges "
+            f"with a memory budget of {budget:.1f} GiB (in one piece it needs about "
+            f"{fp.direct(n_atoms, n_edges) / GIB:.1f} GiB; in chunks at least "
+            f"{fp.kept(n_atoms, n_edges) / GIB:.1f} GiB), while only {available_memory(device) / GIB:.1f} GiB are "
+            "free now; lower the budget (memory_budget= in the calculator and predict, --memory-budget in "
+            "e3pot predict, or E3POT_MEMORY_BUDGET=GiB) so that the structure is evaluated in smaller chunks")
 
 
 def chunk_bounds(receiver: Tensor, n_atoms: int, chunk_edges: int) -> List[Tuple[int, int, int, int]]:

@@ -125,7 +125,9 @@ class E3Potential(nn.Module):
 
     @torch.jit.export
     def edge_embedding(self, vec: Tensor) -> Tuple[Tensor, Tensor]:
-        """Spherical harmonics and radial basis of edge vectors (n_edges, 3) Å."""
+        """Spherical harmonics and radial basis of edge vectors (n_edges, 3) Å. Vectors may come in float64
+        (positions of a large box keep their precision that way) and are cast to the model dtype here."""
+        vec = vec.to(self.energy_scale.dtype)
         return self.sh(vec), self.radial(torch.linalg.vector_norm(vec, dim=-1))
 
     @torch.jit.export

@@ -63,10 +63,20 @@ def model_device(model) -> torch.device:
 
 def run_model(model, graph, compute_stress: bool, memory_budget: Optional[float] = None):
     """(energy, forces, stress, atomic_energies) from an eager model or an exported one, within
-    ``memory_budget`` GiB (see :func:`e3pot.model.forces.evaluate`)."""
-    if isinstance(model, ExportedModel):
-        from e3pot.model.chunked import plan
+    ``memory_budget`` GiB (see :func:`e3pot.model.forces.evaluate`).
 
-        plan(model, graph, compute_stress, memory_budget)  # raises if it does not fit in one piece
-        return model(graph, compute_stress)
-    return tuple(evaluate(model, graph, compute_stress=compute_stress, memory_budget=memory_budget))
+    Raises :class:`~e3pot.model.chunked.MemoryBudgetError` when the structure does not fit in the
+    budget, or when the allocator fails (the budget was larger than the memory that was free)."""
+    from e3pot.model.chunked import MemoryBudgetError, chunked_evaluate, out_of_memory_message, plan
+
+    try:
+        chunk_edges = plan(model, graph, compute_stress, memory_budget)
+        if chunk_edges is not None:
+            return chunked_evaluate(model, graph, compute_stress, chunk_edges)
+        if isinstance(model, ExportedModel):
+            return model(graph, compute_stress)
+        return tuple(evaluate(model, graph, compute_stress=compute_stress, memory_budget=float("inf")))
+    except (torch.OutOfMemoryError, RuntimeError) as exc:
+        if not isinstance(exc, torch.OutOfMemoryError) and "allocate memory" not in str(exc):
+            raise
+        raise MemoryBudgetError(out_of_memory_message(model, graph, memory_budget)) from exc
