@@ -22,7 +22,7 @@ class E3PotCalculator(Calculator):
         device: "cpu" or "cuda".
         dtype: "float32" or "float64"; default: the dtype the model was trained in.
         memory_budget: GiB that one evaluation may use; a structure that needs more is evaluated in
-            chunks (same result, about 1.0-1.3x the time per atom). Default: 4 GiB on the CPU (at most
+            chunks (same result, about 1.0-1.3x the time per atom). Default: 6 GiB on the CPU (at most
             60% of the free memory), 60% of the free GPU memory on CUDA; see :mod:`e3pot.model.chunked`.
         skin: Å. With ``skin > 0`` the neighbour list is built with cutoff ``r_max + skin`` and reused
             until an atom has moved more than ``skin / 2`` (or the cell or the atoms change); forces

@@ -166,3 +166,14 @@ def test_float32_total_energy_of_a_50k_atom_box():
     network = e64 - float(sum(model.energy_shift[SpeciesMap(model.atomic_numbers)(atoms.numbers)]))
     assert abs(network) > 100.0  # the network's part is not negligible
     assert abs(e32 - e64) < 1e-3, f"float32 {e32:.6f} eV, float64 {e64:.6f} eV"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_chunked_equals_direct_on_cuda(model64, box):
+    import copy
+
+    model = copy.deepcopy(model64).cuda()
+    graph = graph_of(box, model64).to(device="cuda")
+    assert_same(Conservative(model)(graph, True), chunked_evaluate(model, graph, True, 97))
+    calc = E3PotCalculator(model64, device="cuda", memory_budget=1e-3 + footprint(model64, 8).kept(len(box), graph.edge_index.shape[1]) / GIB)
+    np.testing.assert_allclose(calc.get_forces(box), E3PotCalculator(model64).get_forces(box.copy()), rtol=0, atol=1e-10)

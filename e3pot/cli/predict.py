@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default cpu)")
     p.add_argument("--dtype", choices=["float32", "float64"], help="default: the model's own")
     p.add_argument("--memory-budget", type=float, metavar="GIB",
-                   help="GiB one batch may use; larger structures are evaluated in chunks (default: 4 on the "
+                   help="GiB one batch may use; larger structures are evaluated in chunks (default: 6 on the "
                         "CPU, at most 60%% of free memory; 60%% of free GPU memory on CUDA)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
