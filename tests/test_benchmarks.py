@@ -57,3 +57,18 @@ def test_rmd17_smoke(tmp_path, capsys, monkeypatch):
     assert all(p["n_test"] == 10 and np.isfinite(p["forces_mae_meV_A"]) for p in out["points"])
     assert "| e3pot | 10 | 1 min CPU |" in text
     assert (tmp_path / "results" / "rmd17_fake_1min_curve.json").exists()
+
+
+def test_large_systems_smoke(tmp_path, capsys):
+    import large_systems
+
+    out = large_systems.main(["--preset", "tiny", "--sizes", "192", "--direct-sizes", "", "--chunked-sizes", "192",
+                              "--md-size", "192", "--md-steps", "2", "--threads", "1", "--reps", "1",
+                              "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "large.json")])
+    text = capsys.readouterr().out
+    assert "| 192 |" in text and "chunked |" in text and "| VelocityVerlet 0.5 fs | 192 | 1.0 |" in text
+    modes = {(r["mode"], r["stress"]): r for r in out["rows"]}
+    assert modes[("chunked", True)]["chunk_edges"] is not None and modes[("default", False)]["chunk_edges"] is None
+    assert all(r["peak_rss_gib"] > 0 and r["step_s"]["median_s"] > 0 for r in out["rows"])
+    assert [m["neighbor_list_builds"] for m in out["md"]] == [4, 1]  # fresh list at every call, then one build
+    assert json.loads((tmp_path / "large.json").read_text())["rows"][0]["n_atoms"] == 192
