@@ -15,6 +15,7 @@ needs the double backward that only the direct path keeps.
 from __future__ import annotations
 
 import os
+import weakref
 from typing import List, NamedTuple, Optional, Tuple
 
 import torch
@@ -69,11 +70,18 @@ def _layers(pot) -> list:
     return list(pot.layers.children())
 
 
+_FOOTPRINTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+SMALL_GIB = 0.25  # a structure whose direct evaluation needs less never asks how much memory is free
+
+
 def footprint(model, itemsize: int) -> Footprint:
     """Estimated memory of an energy+forces call, per edge and per atom, for ``model`` in a dtype of
     ``itemsize`` bytes, from the sizes of its edge tensors. The constants were fitted to the peak RSS of
     water boxes (768 to 12,288 atoms, three model sizes, float32 and float64) and err on the high side."""
     pot = _potential(model)
+    cached = _FOOTPRINTS.get(pot, {}).get(itemsize)
+    if cached is not None:
+        return cached
     edge_floats, in_dims = [], []
     for layer in _layers(pot):
         conv = layer.conv
@@ -84,13 +92,15 @@ def footprint(model, itemsize: int) -> Footprint:
         e += 2 * sum(int(m.weight.shape[1]) for m in layer.radial.children() if hasattr(m, "weight"))
         edge_floats.append(e)
         in_dims.append(int(conv.in_stop[-1]))
-    return Footprint(
+    fp = Footprint(
         direct_per_edge=itemsize * (1.4 * sum(edge_floats) + 60),
         direct_per_atom=itemsize * 8.0 * sum(in_dims),
         chunk_per_edge=itemsize * 1.6 * max(edge_floats),
         kept_per_edge=64.0 + itemsize * 40,
         kept_per_atom=64.0 + itemsize * (sum(in_dims) + 8 * max(in_dims)),
     )
+    _FOOTPRINTS.setdefault(pot, {})[itemsize] = fp
+    return fp
 
 
 def available_memory(device: torch.device) -> float:
@@ -127,10 +137,12 @@ def plan(model, graph: AtomicGraph, compute_stress: bool, memory_budget: Optiona
     Raises :class:`MemoryBudgetError` when even the chunked path would exceed the budget."""
     n_atoms, n_edges = graph.positions.shape[0], graph.edge_index.shape[1]
     device = graph.positions.device
+    fp = footprint(model, _potential(model).energy_scale.element_size())
+    if memory_budget is None and fp.direct(n_atoms, n_edges) <= SMALL_GIB * GIB:
+        return None  # molecules in MD: no system call per step
     budget = (default_budget(device) if memory_budget is None else float(memory_budget)) * GIB
     if budget <= 0:
         raise ValueError(f"memory_budget must be positive, got {memory_budget} GiB")
-    fp = footprint(model, _potential(model).energy_scale.element_size())
     if fp.direct(n_atoms, n_edges) <= budget:
         return None
     room = min(budget - fp.kept(n_atoms, n_edges), CHUNK_GIB.get(device.type, CHUNK_GIB["cpu"]) * GIB)
