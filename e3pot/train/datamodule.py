@@ -9,17 +9,20 @@ from ase.data import atomic_numbers as _symbol_to_z
 from ase.data import chemical_symbols
 from torch.utils.data import DataLoader
 
-from e3pot.data.dataset import GraphDataset, collate_batch
+from e3pot.data.dataset import GraphDataset, StoreDataset, collate_batch
 from e3pot.data.io import DataError, LabelSpec, read_frames
 from e3pot.data.neighbors import SpeciesMap
+from e3pot.data.store import FrameStore, frame_columns, is_store
 
 
 class E3PotDataModule(pl.LightningDataModule):
-    """Structures from ASE-readable files or rMD17-style npz, turned into graphs once.
+    """Structures from ASE-readable files or rMD17-style npz, turned into graphs once, or from a store
+    made by ``e3pot preprocess``, read lazily (in the DataLoader's workers with ``num_workers``).
 
     Args:
-        train_file: training structures (extxyz, xyz, traj, ASE db, npz, ...).
-        val_file: separate validation structures; when absent, a random split of ``train_file``.
+        train_file: training structures (extxyz, xyz, traj, ASE db, npz, ...) or a store.
+        val_file: separate validation structures (a file or a store); when absent, a random split of
+            ``train_file``.
         val_fraction: fraction of ``train_file`` held out for validation (ignored with ``val_file``).
         n_val: number of frames held out instead of a fraction.
         n_train: use only the first N training frames after the split (learning curves).
@@ -30,8 +33,9 @@ class E3PotDataModule(pl.LightningDataModule):
         energy_unit: unit of energies in the file (eV, meV, kcal/mol, kJ/mol, Hartree, Ry).
         length_unit: unit of positions in the file (Å, Bohr, nm).
         stress_unit: unit of stresses (GPa, kbar, bar); None means energy_unit/length_unit^3.
-        batch_size, val_batch_size: structures per batch.
+        batch_size, val_batch_size: structures per batch (per process under DDP).
         num_workers: DataLoader worker processes.
+        shuffle: shuffle the training frames every epoch.
     """
 
     def __init__(self, train_file: str, val_file: Optional[str] = None, val_fraction: float = 0.1,
@@ -40,7 +44,7 @@ class E3PotDataModule(pl.LightningDataModule):
                  energy_key: Optional[str] = None, forces_key: Optional[str] = None,
                  stress_key: Optional[str] = None, energy_unit: str = "eV", length_unit: str = "Å",
                  stress_unit: Optional[str] = None, batch_size: int = 8, val_batch_size: Optional[int] = None,
-                 num_workers: int = 0):
+                 num_workers: int = 0, shuffle: bool = True):
         super().__init__()
         self.save_hyperparameters()  # stored in checkpoints, so that a resumed run can be compared
         if val_file is None and n_val is None and not 0.0 < val_fraction < 1.0:
@@ -59,49 +63,84 @@ class E3PotDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers = num_workers
-        self.train_set: Optional[GraphDataset] = None
-        self.val_set: Optional[GraphDataset] = None
+        self.shuffle = shuffle
+        self.train_set = None  # GraphDataset, or StoreDataset for a store made by `e3pot preprocess`
+        self.val_set = None
         self.atomic_numbers: List[int] = []
 
+    def _read(self, path: str):
+        """A side of the data: ("store", store, frame indices) or ("frames", list of frames)."""
+        if is_store(path):
+            store = FrameStore(path)
+            return ("store", store, np.arange(len(store)))
+        return ("frames", read_frames(path, self.labels))
+
+    @staticmethod
+    def _size(side) -> int:
+        return len(side[2]) if side[0] == "store" else len(side[1])
+
+    @staticmethod
+    def _take(side, order):
+        return ("store", side[1], side[2][order]) if side[0] == "store" else ("frames", [side[1][k] for k in order])
+
     def _split(self):
-        frames = read_frames(self.train_file, self.labels)
+        train = self._read(self.train_file)
         if self.val_file is not None:
-            return frames, read_frames(self.val_file, self.labels)
-        n_val = self.n_val if self.n_val is not None else int(round(self.val_fraction * len(frames)))
-        if n_val < 1 or n_val >= len(frames):
-            raise DataError(f"{self.train_file}: {len(frames)} frames cannot be split into training and "
+            return train, self._read(self.val_file)
+        n = self._size(train)
+        n_val = self.n_val if self.n_val is not None else int(round(self.val_fraction * n))
+        if n_val < 1 or n_val >= n:
+            raise DataError(f"{self.train_file}: {n} frames cannot be split into training and "
                             f"{n_val} validation frames (val_fraction={self.val_fraction}, n_val={self.n_val}); "
                             f"add frames or give val_file")
-        order = np.random.default_rng(self.split_seed).permutation(len(frames))
-        return [frames[k] for k in order[n_val:]], [frames[k] for k in order[:n_val]]
+        order = np.random.default_rng(self.split_seed).permutation(n)
+        return self._take(train, order[n_val:]), self._take(train, order[:n_val])
+
+    @staticmethod
+    def _elements(side) -> set:
+        if side[0] == "frames":
+            return {int(z) for f in side[1] for z in f.numbers}
+        store, indices = side[1], side[2]
+        counts = frame_columns(store, indices, store.elements)["counts"]
+        return {z for z, c in zip(store.elements, counts.sum(axis=0)) if c > 0}
+
+    def _dataset(self, side, species: SpeciesMap, desc: str):
+        if side[0] == "store":
+            unknown = sorted(set(side[1].elements) - set(species.atomic_numbers))
+            used = self._elements(side)
+            if set(unknown) & used:
+                raise DataError(f"{side[1].path}: element(s) {', '.join(chemical_symbols[z] for z in unknown)} "
+                                "not known to the model")
+            return StoreDataset(side[1], side[2], species, self.r_max)
+        return GraphDataset(side[1], species, self.r_max, desc=desc)
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:
             return
         train, val = self._split()
         if self.n_train is not None:
-            if self.n_train > len(train):
-                raise DataError(f"{self.train_file}: n_train={self.n_train} but only {len(train)} training "
+            if self.n_train > self._size(train):
+                raise DataError(f"{self.train_file}: n_train={self.n_train} but only {self._size(train)} training "
                                 f"frames remain after the split")
-            train = train[: self.n_train]
+            train = self._take(train, np.arange(self.n_train))
+        in_train, in_val = self._elements(train), self._elements(val)
         if self.elements:
             unknown = [s for s in self.elements if s not in _symbol_to_z]
             if unknown:
                 raise ValueError(f"unknown element symbol(s) in data.elements: {', '.join(unknown)}")
             self.atomic_numbers = sorted(_symbol_to_z[s] for s in self.elements)
         else:
-            self.atomic_numbers = sorted({int(z) for f in train for z in f.numbers})
-        self._check_elements(train, val)
+            self.atomic_numbers = sorted(in_train)
+        self._check_elements(in_train, in_val)
         species = SpeciesMap(self.atomic_numbers)
-        self.train_set = GraphDataset(train, species, self.r_max, desc="training graphs")
-        self.val_set = GraphDataset(val, species, self.r_max, desc="validation graphs")
+        self.train_set = self._dataset(train, species, "training graphs")
+        self.val_set = self._dataset(val, species, "validation graphs")
 
-    def _check_elements(self, train, val) -> None:
+    def _check_elements(self, in_train: set, val_elements: set) -> None:
         """Every element must occur in the training frames: one seen only in validation would get an
         untrained embedding and a zero energy shift, and the model would then accept it silently."""
-        in_train = {int(z) for f in train for z in f.numbers}
         listed = set(self.atomic_numbers) - in_train  # data.elements names an element the data lacks
-        in_val = {int(z) for f in val for z in f.numbers} - in_train - listed
+        in_val = val_elements - in_train - listed
         if listed or in_val:
             where = self.val_file if self.val_file is not None else f"the validation split of {self.train_file}"
             parts = [f"{chemical_symbols[z]} (listed in data.elements)" for z in sorted(listed)]
@@ -111,7 +150,7 @@ class E3PotDataModule(pl.LightningDataModule):
                             "with it to the training data, or remove it")
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, collate_fn=collate_batch,
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=self.shuffle, collate_fn=collate_batch,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:

@@ -83,12 +83,13 @@ class E3PotModule(pl.LightningModule):
     # -- building ---------------------------------------------------------------------------
     def _check_labels(self, dataset) -> None:
         hp = self.hparams
-        needed = [("energy", hp.energy_weight), ("forces", hp.forces_weight)]
-        for k, (_, labels) in enumerate(dataset.items):
-            for field, weight in needed:
-                if weight > 0 and not torch.isfinite(getattr(labels, field)).all():
-                    raise DataError(f"{dataset.sources[k]}: no {field} label, but the loss needs it "
-                                    f"({field}_weight={weight}); set data.{field}_key or the weight to 0")
+        cols = dataset.frame_columns()
+        for field, weight in (("energy", hp.energy_weight), ("forces", hp.forces_weight)):
+            missing = np.flatnonzero(~cols[f"has_{field}"])
+            if weight > 0 and len(missing):
+                more = f"; {len(missing) - 1} more frames lack it too" if len(missing) > 1 else ""
+                raise DataError(f"{dataset.sources[int(missing[0])]}: no {field} label, but the loss needs it "
+                                f"({field}_weight={weight}{more}); set data.{field}_key or the weight to 0")
 
     def setup(self, stage: str) -> None:
         if self.potential is not None:
@@ -105,8 +106,7 @@ class E3PotModule(pl.LightningModule):
             shift = stats.shift_from_table(hp.e0s, z)
         else:
             shift = stats.shift_from_table(stats.read_e0s_file(hp.e0s), z)
-        self.use_stress = hp.stress_weight > 0 and any(
-            torch.isfinite(lab.stress).all() for _, lab in dm.train_set.items)
+        self.use_stress = hp.stress_weight > 0 and bool(dm.train_set.frame_columns()["has_stress"].any())
         if hp.energy_weight == 0 and hp.forces_weight == 0 and not self.use_stress:
             raise DataError(f"{dm.train_file}: stress_weight > 0 is the only loss term, but no training frame has "
                             "a stress label (see data.stress_key)")

@@ -6,25 +6,30 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
-from e3pot.data.dataset import GraphDataset
 
 
-def composition_matrix(dataset: GraphDataset, n_species: int, indices: Optional[Sequence[int]] = None) -> np.ndarray:
+def composition_matrix(dataset, n_species: int, indices: Optional[Sequence[int]] = None) -> np.ndarray:
     """(n_frames, n_species) counts of each species per frame (of the frames ``indices``; default all)."""
-    items = dataset.items if indices is None else [dataset.items[k] for k in indices]
-    return np.stack([np.bincount(g.species.numpy(), minlength=n_species) for g, _ in items])
+    counts = dataset.frame_columns()["counts"]
+    return counts if indices is None else counts[np.asarray(indices, dtype=np.int64)]
 
 
-def fit_energy_shift(dataset: GraphDataset, n_species: int) -> np.ndarray:
-    """Per-species E0s (eV) by least squares of total energy on composition.
+def fit_energy_shift(dataset, n_species: int, block: int = 65536) -> np.ndarray:
+    """Per-species E0s (eV) by least squares of total energy on composition, from the normal equations
+    accumulated over blocks of frames (bounded memory for any number of frames).
 
     When every frame has the same composition the system is underdetermined and the
     minimum-norm solution is taken; it still reproduces the mean energy exactly.
     """
-    counts = composition_matrix(dataset, n_species).astype(float)
-    energies = np.array([float(lab.energy[0]) for _, lab in dataset.items])
-    shift, *_ = np.linalg.lstsq(counts, energies, rcond=None)
-    return shift
+    cols = dataset.frame_columns()
+    counts, energies = cols["counts"], cols["energy"]
+    ata = np.zeros((n_species, n_species))
+    aty = np.zeros(n_species)
+    for start in range(0, len(energies), block):
+        a = np.asarray(counts[start:start + block], dtype=float)
+        ata += a.T @ a
+        aty += a.T @ np.asarray(energies[start:start + block], dtype=float)
+    return np.linalg.pinv(ata, rcond=1e-10, hermitian=True) @ aty
 
 
 def shift_from_table(e0s: Dict[str, float], atomic_numbers: Sequence[int]) -> np.ndarray:
@@ -51,20 +56,30 @@ def read_e0s_file(path: str) -> Dict[str, float]:
     return table
 
 
-def force_rms(dataset: GraphDataset) -> float:
+def force_rms(dataset) -> float:
     """Root mean square of all force components (eV/Å): the model's energy scale."""
-    forces = torch.cat([lab.forces.reshape(-1) for _, lab in dataset.items])
-    forces = forces[torch.isfinite(forces)]
-    return float(forces.pow(2).mean().sqrt()) if forces.numel() else 1.0
+    cols = dataset.frame_columns()
+    n = float(3 * cols["n_atoms"][cols["has_forces"]].sum())
+    return float(np.sqrt(cols["force_sq"][cols["has_forces"]].sum() / n)) if n else 1.0
 
 
-def avg_num_neighbors(dataset: GraphDataset) -> float:
-    edges = sum(g.edge_index.shape[1] for g, _ in dataset.items)
-    atoms = sum(g.positions.shape[0] for g, _ in dataset.items)
+def avg_num_neighbors(dataset, sample: int = 1000) -> float:
+    """Edges per atom; from the stored counts, or from ``sample`` frames when they were counted at
+    another cutoff."""
+    cols = dataset.frame_columns()
+    if cols["n_edges"] is not None:
+        return max(float(cols["n_edges"].sum()) / float(cols["n_atoms"].sum()), 1.0)
+    n = len(dataset)
+    picked = range(n) if n <= sample else np.random.default_rng(0).choice(n, sample, replace=False)
+    edges = atoms = 0
+    for k in picked:
+        graph = dataset[int(k)][0]
+        edges += graph.edge_index.shape[1]
+        atoms += graph.positions.shape[0]
     return max(edges / atoms, 1.0)
 
 
-def shift_correction(model, dataset: GraphDataset, indices: Sequence[int], batch_size: int = 32) -> np.ndarray:
+def shift_correction(model, dataset, indices: Sequence[int], batch_size: int = 32) -> np.ndarray:
     """Per-species change of ``model.energy_shift`` (eV) that least-squares fits the model's total
     energies to the labels of ``dataset[indices]``.
 
