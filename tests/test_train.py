@@ -95,8 +95,13 @@ def test_resume_from_last_checkpoint(trained, small_data):
     finally:
         os.chdir(cwd)
     runs = sorted(glob.glob(os.path.join(work, "runs", "example", "version_*")))
+    assert len(runs) == 1  # the resumed run goes on in its own folder
     epochs = [e for e, _ in epochs_of(runs[-1], "train/loss")]
-    assert epochs == [6, 7]  # continued where the first run stopped
+    assert epochs == list(range(8))  # continued where the first run stopped, in the same metrics file
+    ckpt = torch.load(os.path.join(runs[0], "checkpoints", "last.ckpt"), map_location="cpu", weights_only=False)
+    state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("ModelCheckpoint"))
+    val = [v for _, v in epochs_of(runs[0], "val/loss")]
+    assert state["best_model_score"] == pytest.approx(min(val), rel=1e-6)  # the best score carried over
 
 
 def test_unknown_config_key(capsys, small_data):

@@ -9,6 +9,7 @@ USAGE = """usage: e3pot COMMAND [ARGS]
 commands:
   train     train a potential (same as: python train.py --config configs/X.yaml)
   predict   energies and forces for structures in ASE-readable files
+  preprocess  structures and labels into an on-disk store for training on large datasets
   export    write a TorchScript model for deployment
 
 Run 'e3pot COMMAND --help' for the options of a command."""
@@ -28,6 +29,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from e3pot.cli.predict import main as predict_main
 
         return predict_main(rest)
+    if command == "preprocess":
+        from e3pot.cli.preprocess import main as preprocess_main
+
+        return preprocess_main(rest)
     if command == "export":
         from e3pot.cli.export import main as export_main
 

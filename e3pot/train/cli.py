@@ -9,6 +9,7 @@ from typing import List, Optional
 
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.loggers import CSVLogger
 
 from e3pot.allocator import tune_allocator
 from e3pot.data.io import DataError
@@ -80,6 +81,40 @@ def check_resume(path: str, module, data) -> None:
                       "values; the optimiser state comes from the checkpoint):\n" + "\n".join(lines))
 
 
+class ContinuedCSVLogger(CSVLogger):
+    """A CSV logger that appends to the metrics file of the folder it continues (Lightning's own
+    deletes that file)."""
+
+    @property
+    def experiment(self):
+        if self._experiment is not None:
+            return self._experiment
+        path = os.path.join(self.log_dir, "metrics.csv")
+        saved = open(path).read() if os.path.isfile(path) else ""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+            experiment = super().experiment
+        if saved:
+            with open(path, "w") as fh:
+                fh.write(saved)
+            experiment.metrics_keys = saved.splitlines()[0].split(",")
+        return experiment
+
+
+def continue_run_folder(trainer, checkpoint: str) -> None:
+    """Log a resumed run into the version folder its checkpoint came from, not a new one: the metrics go
+    on in the same file and the checkpoint callback finds its own folder again, so it keeps its best
+    score and best checkpoints (Lightning forgets them when the folder changes)."""
+    logger = trainer.logger
+    folder = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))  # <save_dir>/<name>/version_N
+    if not isinstance(logger, CSVLogger) or os.path.basename(os.path.dirname(os.path.abspath(checkpoint))) != "checkpoints":
+        return
+    root = os.path.abspath(os.path.join(logger.save_dir, logger.name))
+    if os.path.dirname(folder) != root:  # a checkpoint of another run: a new version folder, as before
+        return
+    trainer.loggers = [ContinuedCSVLogger(save_dir=logger.save_dir, name=logger.name, version=os.path.basename(folder))]
+
+
 def check_finite_weights(model) -> None:
     bad = [name for name, t in list(model.named_parameters()) + list(model.named_buffers())
            if t.is_floating_point() and not bool(t.isfinite().all())]
@@ -134,6 +169,7 @@ def main(args: Optional[List[str]] = None, prog: Optional[str] = None) -> str:
         raise FileNotFoundError(f"--resume: no such checkpoint: {resume}")
     if resume is not None:
         check_resume(resume, module, data)
+        continue_run_folder(trainer, resume)
     trainer.fit(module, datamodule=data, ckpt_path=resume)
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
