@@ -85,3 +85,25 @@ def test_store_with_units(tmp_path):
     store = FrameStore(write_store([path], str(tmp_path / "kcal.store"), LabelSpec(energy_unit="kcal/mol"), 4.0,
                                    progress=False))
     assert store.frame(1).energy == pytest.approx(frames[1].get_potential_energy() * 0.0433641, rel=1e-5)
+
+
+def test_training_from_a_store_equals_training_from_the_file(data, tmp_path):
+    import subprocess
+    import sys
+
+    import e3pot
+
+    path, store = data
+    common = [sys.executable, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "configs", "example.yaml"),
+              "--model.l_max", "1", "--model.num_features", "4", "--model.num_layers", "1", "--model.radial_hidden", "8",
+              "--model.dtype", "float64", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
+              "--trainer.enable_model_summary", "false"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for source, out, workers in ((path, "file.pt", "1"), (store, "store.pt", "1")):  # workers draw from the RNG: same for both
+        run = subprocess.run(common + ["--data.train_file", source, "--data.num_workers", workers, "--output", out],
+                             cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+    a = e3pot.load_model(str(tmp_path / "file.pt")).state_dict()
+    b = e3pot.load_model(str(tmp_path / "store.pt")).state_dict()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-9, atol=1e-12, msg=name)

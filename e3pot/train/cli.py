@@ -176,6 +176,8 @@ def main(args: Optional[List[str]] = None, prog: Optional[str] = None) -> str:
     metrics = trainer.validate(module, datamodule=data, ckpt_path=best or None, verbose=False)[0]
     check_finite_weights(module.ema)
     output = cli.config.get("output") or os.path.join(trainer.log_dir or ".", "model.pt")
+    if not trainer.is_global_zero:  # under DDP every rank ends here with the same weights; one writes
+        return output
     save_model(module.ema, output, metadata={
         "validation": {k: float(v) for k, v in metrics.items()},
         "checkpoint": best,

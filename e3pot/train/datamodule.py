@@ -7,7 +7,7 @@ import numpy as np
 import pytorch_lightning as pl
 from ase.data import atomic_numbers as _symbol_to_z
 from ase.data import chemical_symbols
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from e3pot.data.dataset import GraphDataset, StoreDataset, collate_batch
 from e3pot.data.io import DataError, LabelSpec, read_frames
@@ -149,10 +149,22 @@ class E3PotDataModule(pl.LightningDataModule):
                             f"{self.train_file}; a model cannot learn an element it is not trained on. Add frames "
                             "with it to the training data, or remove it")
 
+    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        """Under DDP each process takes its share of every epoch: rank r of n takes every n-th frame of the
+        epoch's order (a permutation seeded by split_seed and the epoch; without shuffling, the frames in
+        order), so n processes at batch b see together what one process sees at batch n*b."""
+        trainer = getattr(self, "trainer", None)
+        world = trainer.world_size if trainer is not None else 1
+        sampler = None
+        if world > 1:
+            sampler = DistributedSampler(dataset, num_replicas=world, rank=trainer.global_rank, shuffle=shuffle,
+                                         seed=self.split_seed)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False,
+                          sampler=sampler, collate_fn=collate_batch, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=self.shuffle, collate_fn=collate_batch,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return self._loader(self.train_set, self.batch_size, self.shuffle)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.val_batch_size, shuffle=False, collate_fn=collate_batch,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return self._loader(self.val_set, self.val_batch_size, False)

@@ -49,6 +49,19 @@ class ErrorMetrics:
         self._add("e_atom", e_err / labels.n_atoms.to(e_err.dtype))
         self._add("f", (pred.forces - labels.forces).reshape(-1))
 
+    def all_reduce(self) -> None:
+        """Sum the accumulated errors over the processes of a distributed run (every rank must call it)."""
+        import torch.distributed as dist
+
+        for key in ("e", "e_atom", "f"):
+            local = self.sums.get(key)
+            total = torch.zeros(4, dtype=torch.float64) if local is None else local.clone()
+            if local is None and self.sums:
+                total = total.to(next(iter(self.sums.values())).device)
+            dist.all_reduce(total)
+            if float(total[3]) > 0:
+                self.sums[key] = total
+
     def compute(self) -> Dict[str, float]:
         """MAE and RMSE in meV (per structure), meV/atom and meV/Å; for energies also the mean
         signed error (prediction - reference), which shows a constant offset at a glance."""

@@ -137,7 +137,7 @@ class E3PotModule(pl.LightningModule):
         self.metrics[stage].update(pred, labels)
         for name, value in parts.items():
             self.log(f"{stage}/{name}", value.detach(), batch_size=graph.n_graphs, on_step=False, on_epoch=True,
-                     prog_bar=(name == "loss"))
+                     prog_bar=(name == "loss"), sync_dist=True)
         return parts["loss"]
 
     def _nonfinite_loss(self, loss: float, index) -> None:
@@ -170,6 +170,8 @@ class E3PotModule(pl.LightningModule):
             torch._foreach_lerp_(ema_p, list(self.potential.parameters()), 1.0 - decay)
 
     def _log_metrics(self, stage: str) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            self.metrics[stage].all_reduce()  # every rank reports the errors over all ranks' frames
         for name, value in self.metrics[stage].compute().items():
             self.log(f"{stage}/{name}", value, prog_bar=(name == "forces_mae_meV_A" and stage == "val"))
         self.metrics[stage].reset()
