@@ -66,14 +66,18 @@ def epochs_logged(run_dir):
         return sorted({int(r["epoch"]) for r in csv.DictReader(fh) if r.get("train/loss")})
 
 
-def test_killed_run_resumes_from_last_checkpoint(tmp_path):
+@pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "ddp"])
+def test_killed_run_resumes_from_last_checkpoint(tmp_path, processes):
     frames = read(os.path.join(ROOT, "data", "example.extxyz"), ":120")
     write(tmp_path / "data.extxyz", frames)
     args = ["--data.train_file", "data.extxyz", "--trainer.max_epochs", "40", "--data.batch_size", "2",
-            "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu"]
+            "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu",
+            "--trainer.devices", str(processes)] + (["--trainer.strategy", "ddp"] if processes > 1 else [])
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    # a session of its own, so that SIGKILL reaches every rank at once, as a scheduler's kill would
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), "--config", CONFIG, *TINY, *args],
-                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
     last = tmp_path / "runs" / "example" / "version_0" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 240
     try:
@@ -83,15 +87,16 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path):
             time.sleep(0.5)
         time.sleep(0.3)
     finally:
-        proc.send_signal(signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     before = torch.load(last, map_location="cpu", weights_only=False)
     killed_at = before["epoch"]
     assert 2 <= killed_at < 39
     best_before = next(v for k, v in before["callbacks"].items() if k.startswith("ModelCheckpoint"))["best_model_score"]
 
-    train(tmp_path, *args[:-6], "--trainer.max_epochs", str(killed_at + 3), "--data.batch_size", "2",
-          "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu", "--resume", "last")
+    resumed = [a if a != "40" else str(killed_at + 3) for a in args]
+    out = train(tmp_path, *resumed, "--resume", "last")
+    assert out.stdout.count("Saved model:") == 1
     runs = glob.glob(str(tmp_path / "runs" / "example" / "version_*"))
     assert len(runs) == 1  # the same run folder
     epochs = epochs_logged(runs[0])
