@@ -107,3 +107,24 @@ def collate_batch(items: Sequence[Tuple[AtomicGraph, Labels, int]]) -> Tuple[Ato
     (so that errors can name the frames of a batch)."""
     graphs, labels, index = zip(*items)
     return collate(graphs), collate_labels(labels), torch.tensor(index)
+
+
+class NumpyBatch:
+    """A collated batch as numpy arrays, for the way back from a DataLoader worker: a worker sends
+    tensors through one shared-memory segment each (a dozen per batch, about 0.3 ms apiece on Linux),
+    while numpy arrays travel inside the pickle. :meth:`tensors` restores the batch without copies."""
+
+    def __init__(self, batch: Tuple[AtomicGraph, Labels, Tensor]):
+        graph, labels, index = batch
+        self.graph = [t.numpy() for t in graph]
+        self.labels = [t.numpy() for t in labels]
+        self.index = index.numpy()
+
+    def tensors(self) -> Tuple[AtomicGraph, Labels, Tensor]:
+        return (AtomicGraph(*(torch.from_numpy(a) for a in self.graph)),
+                Labels(*(torch.from_numpy(a) for a in self.labels)), torch.from_numpy(self.index))
+
+
+def collate_batch_numpy(items: Sequence[Tuple[AtomicGraph, Labels, int]]) -> NumpyBatch:
+    """:func:`collate_batch` for DataLoader workers (see :class:`NumpyBatch`)."""
+    return NumpyBatch(collate_batch(items))

@@ -8,6 +8,7 @@ A store is a folder of flat binary arrays (numpy memory maps) and ``meta.json``:
     stress (n_frames, 3, 3) float64 eV/Å^3 · source_file (n_frames,) int32 · source_frame (n_frames,) int64
     counts (n_frames, n_elements) int32: atoms of each element (meta "elements") per frame
     n_edges (n_frames,) int64: edges within meta "r_max" · force_sq (n_frames,) float64: sum of squared forces
+    has_forces, has_stress (n_frames,) bool: which frames have these labels
 
 Units are converted on the way in (the label and unit options of training), so a store holds eV and Å.
 The per-frame columns give the training statistics (E0 least squares, force RMS, average number of
@@ -26,12 +27,13 @@ import numpy as np
 from e3pot.data.io import DataError, Frame
 
 FORMAT = "e3pot-store"
-VERSION = 1
+VERSION = 2
 META = "meta.json"
 _ATOM_ARRAYS = {"numbers": (np.int8, ()), "positions": (np.float64, (3,)), "forces": (np.float64, (3,))}
 _FRAME_ARRAYS = {"n_atoms": (np.int64, ()), "cell": (np.float64, (3, 3)), "pbc": (np.bool_, (3,)),
                  "energy": (np.float64, ()), "stress": (np.float64, (3, 3)), "source_file": (np.int32, ()),
-                 "source_frame": (np.int64, ()), "n_edges": (np.int64, ()), "force_sq": (np.float64, ())}
+                 "source_frame": (np.int64, ()), "n_edges": (np.int64, ()), "force_sq": (np.float64, ()),
+                 "has_forces": (np.bool_, ()), "has_stress": (np.bool_, ())}
 
 
 def is_store(path: str) -> bool:
@@ -78,6 +80,7 @@ class StoreWriter:
             "stress": np.full((3, 3), np.nan) if frame.stress is None else np.asarray(frame.stress, float),
             "source_file": np.int32(self.sources.index(source_file)), "source_frame": np.int64(source_frame),
             "n_edges": np.int64(len(i)), "force_sq": np.float64(np.square(forces).sum() if frame.forces is not None else 0.0),
+            "has_forces": np.bool_(frame.forces is not None), "has_stress": np.bool_(frame.stress is not None),
         }
         for name, value in columns.items():
             dtype = (_ATOM_ARRAYS.get(name) or _FRAME_ARRAYS[name])[0]
@@ -214,13 +217,10 @@ def frame_columns(store: FrameStore, indices: Sequence[int], elements: Sequence[
     for c, z in enumerate(store.elements):
         if z in elements:
             counts[:, list(elements).index(z)] = store_counts[idx, c]
+    # only per-frame columns are read: statistics touch no per-atom array
     offsets = store.array("offsets")
     n_atoms = offsets[idx + 1] - offsets[idx]
-    energy = store.array("energy")[idx]
-    stress = store.array("stress")[idx]
-    force_sq = store.array("force_sq")[idx]
-    # forces are present per frame or not at all: check the first atom of each frame
-    has_forces = ~np.isnan(store.array("forces")[offsets[idx], 0]) if len(idx) else np.zeros(0, bool)
-    return {"counts": counts, "n_atoms": n_atoms, "energy": np.asarray(energy), "force_sq": np.asarray(force_sq),
-            "has_energy": ~np.isnan(energy), "has_forces": has_forces,
-            "has_stress": ~np.isnan(stress).any(axis=(1, 2)), "n_edges": np.asarray(store.array("n_edges")[idx])}
+    energy = np.asarray(store.array("energy")[idx])
+    return {"counts": counts, "n_atoms": n_atoms, "energy": energy, "force_sq": np.asarray(store.array("force_sq")[idx]),
+            "has_energy": ~np.isnan(energy), "has_forces": np.asarray(store.array("has_forces")[idx]),
+            "has_stress": np.asarray(store.array("has_stress")[idx]), "n_edges": np.asarray(store.array("n_edges")[idx])}

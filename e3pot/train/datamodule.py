@@ -9,7 +9,7 @@ from ase.data import atomic_numbers as _symbol_to_z
 from ase.data import chemical_symbols
 from torch.utils.data import DataLoader, DistributedSampler
 
-from e3pot.data.dataset import GraphDataset, StoreDataset, collate_batch
+from e3pot.data.dataset import GraphDataset, StoreDataset, collate_batch, collate_batch_numpy
 from e3pot.data.io import DataError, LabelSpec, read_frames
 from e3pot.data.neighbors import SpeciesMap
 from e3pot.data.store import FrameStore, frame_columns, is_store
@@ -160,8 +160,8 @@ class E3PotDataModule(pl.LightningDataModule):
             sampler = DistributedSampler(dataset, num_replicas=world, rank=trainer.global_rank, shuffle=shuffle,
                                          seed=self.split_seed)
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False,
-                          sampler=sampler, collate_fn=collate_batch, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+                          sampler=sampler, collate_fn=collate_batch_numpy if self.num_workers else collate_batch,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, self.shuffle)

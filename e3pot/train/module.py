@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
+from e3pot.data.dataset import NumpyBatch
 from e3pot.data.io import DataError
 from e3pot.model.forces import evaluate
 from e3pot.model.io import dtype_from_name
@@ -120,6 +121,9 @@ class E3PotModule(pl.LightningModule):
         self.ema = copy.deepcopy(self.potential).requires_grad_(False)
 
     # -- steps ------------------------------------------------------------------------------
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        return batch.tensors() if isinstance(batch, NumpyBatch) else batch  # from DataLoader workers
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         graph, labels, index = batch
         # energy labels stay float64, like the model's energy sum: float32 resolves only ~2 meV at -17,600 eV
