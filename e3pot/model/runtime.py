@@ -31,8 +31,21 @@ def check_finite(energy: Tensor, forces: Tensor, batch: Tensor, names: Sequence[
 
 
 def load_any(model: Union[str, os.PathLike, torch.nn.Module, ExportedModel], device: str = "cpu",
-             dtype: Optional[str] = None):
-    """A model file, a TorchScript export, or an already loaded model, on ``device`` in ``dtype``."""
+             dtype: Optional[str] = None, compile: bool = False):
+    """A model file, a TorchScript export, or an already loaded model, on ``device`` in ``dtype``;
+    with ``compile=True``, wrapped for the compiled path (:mod:`e3pot.model.compiled`)."""
+    from e3pot.model.compiled import CompiledModel, compile_model
+
+    if isinstance(model, CompiledModel):
+        if torch.device(device).type != model.device.type or (dtype is not None and dtype_from_name(dtype) != model.dtype):
+            raise ValueError(f"this compiled model runs on {model.device} in {model.dtype}; compile the model "
+                             f"again for {device} {dtype or ''}".rstrip())
+        return model
+    if compile:
+        loaded = load_any(model, device=device, dtype=dtype)
+        if isinstance(loaded, ExportedModel):
+            raise ValueError("compile needs a model file (model.pt); a TorchScript export cannot be compiled")
+        return compile_model(loaded)
     if isinstance(model, os.PathLike):
         model = os.fspath(model)
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
@@ -55,8 +68,14 @@ def load_any(model: Union[str, os.PathLike, torch.nn.Module, ExportedModel], dev
     return model.eval()
 
 
+def _is_compiled(model) -> bool:
+    from e3pot.model.compiled import CompiledModel
+
+    return isinstance(model, CompiledModel)
+
+
 def model_device(model) -> torch.device:
-    if isinstance(model, ExportedModel):
+    if isinstance(model, ExportedModel) or _is_compiled(model):
         return model.device
     return next(model.parameters()).device
 
@@ -70,10 +89,13 @@ def run_model(model, graph, compute_stress: bool, memory_budget: Optional[float]
     from e3pot.model.chunked import MemoryBudgetError, chunked_evaluate, out_of_memory_message, plan
 
     try:
-        chunk_edges = plan(model, graph, compute_stress, memory_budget)
+        # a compiled model runs in one piece; a structure too large for that goes through the chunks
+        # of its eager model
+        eager = model.model if _is_compiled(model) else model
+        chunk_edges = plan(eager, graph, compute_stress, memory_budget)
         if chunk_edges is not None:
-            return chunked_evaluate(model, graph, compute_stress, chunk_edges)
-        if isinstance(model, ExportedModel):
+            return chunked_evaluate(eager, graph, compute_stress, chunk_edges)
+        if isinstance(model, ExportedModel) or _is_compiled(model):
             return model(graph, compute_stress)
         return tuple(evaluate(model, graph, compute_stress=compute_stress, memory_budget=float("inf")))
     except (torch.OutOfMemoryError, RuntimeError) as exc:
