@@ -8,6 +8,11 @@ training step on 5 aspirin frames (energy+force loss, double backward, Adam); (d
 through the calculator. Each figure is the median of --reps repetitions after warm-up. (a)-(c)
 time the model on a prepared graph, as the peer scripts do; (d) includes the neighbour list.
 Prints markdown tables and writes JSON (--out).
+
+``--paths eager compiled`` times each case on the eager model and on the compiled one
+(:mod:`e3pot.model.compiled`; the training step is eager in both). Part (e) is the time to first
+result: a fresh process imports e3pot, loads a model file and evaluates aspirin once, for each path
+(the compiled one with an empty and then with a filled Inductor cache).
 """
 from __future__ import annotations
 
@@ -78,6 +83,16 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
+def evaluator(model, path: str):
+    """``graph -> prediction`` for the eager model or its compiled form, and the compiled model (or None)."""
+    if path == "eager":
+        return (lambda graph: evaluate(model, graph)), None
+    from e3pot.model.compiled import CompiledModel
+
+    compiled = CompiledModel(model)
+    return (lambda graph: compiled(graph, False)), compiled
+
+
 def water_child(args) -> None:
     tune_allocator()  # unless the parent set E3POT_MALLOC=off
     torch.set_num_threads(args.threads)
@@ -86,35 +101,61 @@ def water_child(args) -> None:
     t0 = time.perf_counter()
     graph = graph_of([water], model)
     nl_s = time.perf_counter() - t0
-    r = timeit(lambda: evaluate(model, graph), args.water_reps, 2)
+    fn, _ = evaluator(model, args.path)
+    t0 = time.perf_counter()
+    fn(graph)
+    first_s = time.perf_counter() - t0
+    r = timeit(lambda: fn(graph), args.water_reps, 2)
     print(json.dumps({"n_atoms": len(water), "n_edges": int(graph.edge_index.shape[1]), "neighbor_list_s": nl_s,
-                      "step_s": r, "us_per_atom_step": r["median_s"] / len(water) * 1e6,
+                      "first_call_s": first_s, "step_s": r, "us_per_atom_step": r["median_s"] / len(water) * 1e6,
                       "peak_rss_mb": peak_rss_mb()}))
 
 
-def run_case(args, preset: str, dtype_name: str) -> dict:
+def first_result_child(args) -> None:
+    """Import, load a model file and evaluate aspirin once, in a fresh process: the time to first result."""
+    t0 = time.perf_counter()
+    from e3pot.model.runtime import load_any, run_model
+    t_import = time.perf_counter() - t0
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    model = load_any(args.model_file, compile=args.path == "compiled")
+    t_load = time.perf_counter() - t0
+    aspirin, _, _ = structures.load(args.data_dir)
+    t0 = time.perf_counter()
+    graph = collate([atoms_to_graph(aspirin, SpeciesMap(model.atomic_numbers), model.r_max)])
+    run_model(model, graph, False)
+    t_first = time.perf_counter() - t0
+    print(json.dumps({"import_s": t_import, "load_s": t_load, "first_call_s": t_first,
+                      "total_s": t_import + t_load + t_first}))
+
+
+def run_case(args, preset: str, dtype_name: str, path: str = "eager") -> dict:
     dtype = getattr(torch, dtype_name)
     model = build(preset, dtype)
     aspirin, _, _ = structures.load(args.data_dir)
     n = len(aspirin)
-    res = {"preset": preset, "dtype": dtype_name, "n_params": sum(p.numel() for p in model.parameters()),
+    res = {"preset": preset, "dtype": dtype_name, "path": path, "n_params": sum(p.numel() for p in model.parameters()),
            "hyperparams": PRESETS[preset]}
+    fn, compiled = evaluator(model, path)
     if "a" in args.parts:
         for batch in (1, 32):
             graph = graph_of(structures.perturbed(aspirin, batch, seed=1) if batch > 1 else [aspirin], model)
-            r = timeit(lambda: evaluate(model, graph), args.reps, 5)
-            res[f"a_B{batch}"] = {"step_s": r, "molecules_per_s": batch / r["median_s"],
+            t0 = time.perf_counter()
+            fn(graph)
+            first_s = time.perf_counter() - t0
+            r = timeit(lambda: fn(graph), args.reps, 5)
+            res[f"a_B{batch}"] = {"step_s": r, "molecules_per_s": batch / r["median_s"], "first_call_s": first_s,
                                   "us_per_atom_step": r["median_s"] / (batch * n) * 1e6}
     if "b" in args.parts:
         argv = [sys.executable, os.path.abspath(__file__), "--water-child", "--preset", preset, "--dtypes", dtype_name,
-                "--threads", str(args.threads), "--water-reps", str(args.water_reps)]
+                "--threads", str(args.threads), "--water-reps", str(args.water_reps), "--path", path]
         if args.data_dir:
             argv += ["--data-dir", args.data_dir]
         out = subprocess.run(argv, capture_output=True, text=True)
         if out.returncode != 0:
             raise RuntimeError(f"water benchmark failed:\n{out.stderr[-3000:]}")
         res["b_water"] = json.loads(out.stdout.strip().splitlines()[-1])
-    if "c" in args.parts:
+    if "c" in args.parts and path == "eager":
         train_model = build(preset, dtype).train()
         graph = graph_of(structures.perturbed(aspirin, 5, seed=2), train_model)
         rng = np.random.default_rng(0)
@@ -141,7 +182,7 @@ def run_case(args, preset: str, dtype_name: str) -> dict:
         from e3pot.calculator import E3PotCalculator
 
         atoms = aspirin.copy()
-        atoms.calc = E3PotCalculator(model)
+        atoms.calc = E3PotCalculator(compiled if compiled is not None else model)
         MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
         dyn = VelocityVerlet(atoms, timestep=0.5 * units.fs)
         dyn.run(5)
@@ -149,6 +190,25 @@ def run_case(args, preset: str, dtype_name: str) -> dict:
         dyn.run(args.md_steps)
         dt = (time.perf_counter() - t0) / args.md_steps
         res["d_md"] = {"steps": args.md_steps, "s_per_step": dt, "us_per_atom_step": dt / n * 1e6}
+    if "e" in args.parts:
+        import tempfile
+
+        from e3pot.model.io import save_model
+
+        with tempfile.TemporaryDirectory() as tmp:
+            model_file = os.path.join(tmp, "model.pt")
+            save_model(model, model_file)
+            env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=os.path.join(tmp, "inductor-cache"))
+            runs = [("cold", path)] + ([("warm", path)] if path == "compiled" else [])
+            for label, p in runs:
+                argv = [sys.executable, os.path.abspath(__file__), "--first-result-child", "--model-file", model_file,
+                        "--threads", str(args.threads), "--path", p]
+                if args.data_dir:
+                    argv += ["--data-dir", args.data_dir]
+                out = subprocess.run(argv, capture_output=True, text=True, env=env)
+                if out.returncode != 0:
+                    raise RuntimeError(f"first-result benchmark failed:\n{out.stderr[-3000:]}")
+                res[f"e_first_{label}"] = json.loads(out.stdout.strip().splitlines()[-1])
     return res
 
 
@@ -199,17 +259,14 @@ def load_peers(folder: str, threads: int) -> list:
 
 def ratio_table(ours: list, peers: list, preset: str = "matched") -> str:
     """Peer time / e3pot time (> 1: e3pot faster), one e3pot preset against each peer row."""
-    lines = [f"| e3pot ({preset}) vs | dtype | (a) B=1 | (a) B=32 | (b) water | (c) train | (d) MD |", "|---" * 7 + "|"]
-    for p in peers:
-        mine = next((r for r in ours if r["preset"] == preset and r["dtype"] == p["dtype"]), None)
-        if mine is None:
-            continue
+    lines = [f"| e3pot ({preset}) | vs | dtype | (a) B=1 | (a) B=32 | (b) water | (c) train | (d) MD |", "|---" * 8 + "|"]
+    for p, mine in ((p, r) for r in ours for p in peers if r["preset"] == preset and r["dtype"] == p["dtype"]):
 
         def ratio(peer_val, my_val):
             return fmt(peer_val / my_val if peer_val and my_val else None, "{:.2f}×")
 
         lines.append(
-            f"| {p['name']} | {p['dtype']} | {ratio(get(p['a1'], 'step_s', 'median_s'), get(mine, 'a_B1', 'step_s', 'median_s'))} | "
+            f"| {mine.get('path', 'eager')} | {p['name']} | {p['dtype']} | {ratio(get(p['a1'], 'step_s', 'median_s'), get(mine, 'a_B1', 'step_s', 'median_s'))} | "
             f"{ratio(get(p['a32'], 'step_s', 'median_s'), get(mine, 'a_B32', 'step_s', 'median_s'))} | "
             f"{ratio(get(p['b'], 'step_s', 'median_s'), get(mine, 'b_water', 'step_s', 'median_s'))} | "
             f"{ratio(get(p['c'], 'step_s', 'median_s'), get(mine, 'c_train_B5', 'step_s', 'median_s'))} | "
@@ -221,7 +278,8 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--presets", nargs="+", default=["small", "matched", "paper"], choices=list(PRESETS))
     p.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
-    p.add_argument("--parts", default="abcd")
+    p.add_argument("--parts", default="abcd", help="any of a, b, c, d and e (time to first result)")
+    p.add_argument("--paths", nargs="+", default=["eager"], choices=["eager", "compiled"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--water-reps", type=int, default=20)
@@ -235,10 +293,16 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=os.path.join("benchmarks", "results", "speed.json"))
     p.add_argument("--water-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--preset", default="matched", help=argparse.SUPPRESS)
+    p.add_argument("--path", default="eager", help=argparse.SUPPRESS)
+    p.add_argument("--first-result-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--model-file", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.water_child:
         args.dtype = args.dtypes[0]
         water_child(args)
+        return {}
+    if args.first_result_child:
+        first_result_child(args)
         return {}
     torch.set_num_threads(args.threads)
     if args.malloc == "tuned":
@@ -250,15 +314,27 @@ def main(argv=None) -> dict:
     results = []
     for preset in args.presets:
         for dtype in args.dtypes:
-            print(f"timing {preset} {dtype} ...", file=sys.stderr, flush=True)
-            results.append(run_case(args, preset, dtype))
+            for path in args.paths:
+                print(f"timing {preset} {dtype} {path} ...", file=sys.stderr, flush=True)
+                results.append(run_case(args, preset, dtype, path))
     peers = load_peers(args.peers, args.threads) if args.peers else []
     print(f"\nStructures: {described}; {args.threads} threads; torch {torch.__version__}; medians of {args.reps} "
           f"repetitions ({args.water_reps} for water); malloc: {applied or 'glibc defaults'}.\n")
     print(HEADER)
     for r in results:
-        print(row(f"e3pot {r['preset']}", r["dtype"], f"{r['n_params']:,}", r.get("a_B1"), r.get("a_B32"),
+        print(row(f"e3pot {r['preset']} ({r.get('path', 'eager')})", r["dtype"], f"{r['n_params']:,}", r.get("a_B1"), r.get("a_B32"),
                   r.get("b_water"), r.get("c_train_B5"), r.get("d_md"), "this run"))
+    first = [(r, label) for r in results for label in ("cold", "warm") if f"e_first_{label}" in r]
+    if first:
+        print("\n(e) Time to first result (fresh process: import e3pot, load the model file, neighbour list and one "
+              "energy+forces call on aspirin; \"cold\"/\"warm\": empty/filled Inductor cache):\n")
+        print("| model | dtype | path | import s | load s | first call s | total s |\n" + "|---" * 7 + "|")
+        for r, label in first:
+            e = r[f"e_first_{label}"]
+            print(f"| e3pot {r['preset']} | {r['dtype']} | {r.get('path', 'eager')}"
+                  f"{', ' + label if r.get('path') == 'compiled' else ''} | {e['import_s']:.1f} | {e['load_s']:.1f} | "
+                  f"{e['first_call_s']:.1f} | {e['total_s']:.1f} |")
+        print()
     for q in peers:
         print(row(q["name"], q["dtype"], f"{q['params']:,}" if q["params"] else "—", q["a1"], q["a32"], q["b"],
                   q["c"], q["d"], q["source"]))

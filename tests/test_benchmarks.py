@@ -24,15 +24,17 @@ def test_speed_smoke(tmp_path, capsys):
     (peers / "nequip_float32_t1.json").write_text(json.dumps(fake) + "\n")
     out = speed.main(["--presets", "tiny", "--compare-preset", "tiny", "--dtypes", "float32", "--reps", "2", "--water-reps", "2",
                       "--md-steps", "2", "--threads", "1", "--data-dir", str(tmp_path / "none"),
-                      "--peers", str(peers), "--out", str(tmp_path / "speed.json"), "--parts", "abcd"])
+                      "--peers", str(peers), "--out", str(tmp_path / "speed.json"), "--parts", "abcde"])
     text = capsys.readouterr().out
-    assert "| e3pot tiny | float32 |" in text and "nequip 0.0 (eager)" in text
+    assert "| e3pot tiny (eager) | float32 |" in text and "nequip 0.0 (eager)" in text
+    assert "(e) Time to first result" in text
     assert "Speed-up of e3pot over each peer" in text
     (tiny,) = out["e3pot"]
-    for key in ("a_B1", "a_B32", "b_water", "c_train_B5", "d_md"):
+    for key in ("a_B1", "a_B32", "b_water", "c_train_B5", "d_md", "e_first_cold"):
         assert key in tiny
+    assert tiny["e_first_cold"]["first_call_s"] > 0
     assert tiny["b_water"]["peak_rss_mb"] > 0 and tiny["a_B32"]["molecules_per_s"] > 0
-    assert "| nequip 0.0 (eager) | float32 |" in text.split("Speed-up")[1]
+    assert "| eager | nequip 0.0 (eager) | float32 |" in text.split("Speed-up")[1]
     assert json.loads((tmp_path / "speed.json").read_text())["peers"][0]["name"] == "nequip 0.0 (eager)"
 
 
