@@ -30,6 +30,28 @@ from e3pot.model.forces import Conservative
 Key = Tuple[bool, bool, torch.dtype, torch.device]
 
 
+def _sizes_from_shapes(traced: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Replace ``aten.sym_numel(x)`` nodes (from the backward of ``mean``) by the product of
+    ``aten.sym_size(x, d)``: Dynamo refuses an ATen op that returns a Python int, not a symbolic size."""
+    import operator
+
+    graph = traced.graph
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target is torch.ops.aten.sym_numel.default:
+            source = node.args[0]
+            with graph.inserting_before(node):
+                numel = None
+                for d in range(source.meta["val"].dim()):
+                    size = graph.call_function(torch.ops.aten.sym_size.int, (source, d))
+                    numel = size if numel is None else graph.call_function(operator.mul, (numel, size))
+                if numel is None:
+                    numel = 1
+            node.replace_all_uses_with(numel)
+            graph.erase_node(node)
+    traced.recompile()
+    return traced
+
+
 class CompiledModel:
     """Wraps an eager ``E3Potential`` for inference with ``torch.compile``.
 
@@ -84,7 +106,7 @@ class CompiledModel:
             traced = make_fx(self._function(compute_stress), tracing_mode="symbolic",
                              _allow_non_fake_inputs=True)(*graph)
         self.compilations += 1
-        return torch.compile(traced, dynamic=True, fullgraph=True)
+        return torch.compile(_sizes_from_shapes(traced), dynamic=True, fullgraph=True)
 
     def __call__(self, graph: AtomicGraph, compute_stress: bool = False):
         if graph.positions.shape[0] < 2 or graph.edge_index.shape[1] < 2:
@@ -103,3 +125,108 @@ def compile_model(model) -> CompiledModel:
     if isinstance(model, CompiledModel):
         return model
     return CompiledModel(model)
+
+
+class _WithGradients(torch.autograd.Function):
+    """The loss value as a node of autograd whose backward hands the precomputed parameter gradients
+    (times the incoming gradient) to the parameters, so that ``loss.backward()``, optimisers,
+    gradient clipping and DDP's gradient hooks work as for an eager loss."""
+
+    @staticmethod
+    def forward(ctx, loss: Tensor, n: int, *grads_and_params: Tensor) -> Tensor:
+        ctx.n = n
+        ctx.save_for_backward(*grads_and_params[:n])
+        return loss.detach().clone()
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        grads = ctx.saved_tensors
+        return (None, None) + (None,) * ctx.n + tuple(g.to(x.dtype) * x for x in grads)
+
+
+class CompiledTrainingLoss:
+    """The training loss, its parts and the gradients of the loss for all trainable parameters, in one
+    compiled graph: forward, forces (and stress) by the first derivative, and the parameter gradients
+    of the loss by the second (``make_fx`` records both passes of autograd; Inductor compiles them).
+
+    Unlike :class:`CompiledModel`, the parameters are inputs of the compiled graph, so the optimiser
+    updates them in place between calls. ``loss_fn(prediction, labels)`` returns the dict of loss parts
+    (``"loss"`` among them). Calling returns ``(parts, prediction)``: ``parts["loss"]`` back-propagates
+    the precomputed gradients into the parameters; the prediction is detached. A batch of a single
+    structure runs eagerly (it would need a compilation of its own).
+    """
+
+    def __init__(self, model: torch.nn.Module, loss_fn: Callable, compute_stress: bool):
+        self.model = model
+        self.loss_fn = loss_fn
+        self.compute_stress = compute_stress
+        self._compiled: Dict[Tuple, Tuple[Callable, Tuple[str, ...]]] = {}
+        self.compilations = 0
+
+    def _trace(self, graph: AtomicGraph, labels, names, buffer_names):
+        from torch.fx.experimental import _config as fx_config
+        from torch.fx.experimental.proxy_tensor import make_fx
+        from torch.func import functional_call
+
+        from e3pot.model.forces import Prediction, apply_strain, derivatives
+        from e3pot.nn.scatter import scatter_sum
+
+        model, compute_stress, loss_fn = self.model, self.compute_stress, self.loss_fn
+        n_params, n_graph = len(names), len(graph)
+        keys: list = []
+
+        def step(*args):
+            params = args[:n_params]
+            buffers = args[n_params:n_params + len(buffer_names)]
+            rest = args[n_params + len(buffer_names):]
+            g = AtomicGraph(*rest[:n_graph])
+            lab = type(labels)(*rest[n_graph:])
+            state = dict(zip(names, params))
+            state.update(zip(buffer_names, buffers))
+            positions, edge_shift, inputs = apply_strain(g, compute_stress)
+            strained = g._replace(positions=positions, edge_shift=edge_shift)
+            atomic = functional_call(model, state, (strained,))
+            energy = scatter_sum(atomic, g.batch, g.cell.shape[0])
+            forces, stress = derivatives(energy, inputs, g.cell, g.pbc, True)
+            parts = loss_fn(Prediction(energy, forces, stress, atomic), lab)
+            keys[:] = list(parts)
+            grads = torch.autograd.grad(parts["loss"], params, allow_unused=True)
+            grads = [torch.zeros_like(p) if gr is None else gr for p, gr in zip(params, grads)]
+            out = [parts[k] for k in keys] + [energy, forces, atomic] + grads
+            return tuple(out) + ((stress,) if stress is not None else ())
+
+        params = [p for _, p in self._named_parameters()]
+        buffers = [b for _, b in self.model.named_buffers()]
+        with warnings.catch_warnings(), fx_config.patch(use_duck_shape=False):
+            warnings.simplefilter("ignore", UserWarning)
+            traced = make_fx(step, tracing_mode="symbolic", _allow_non_fake_inputs=True)(
+                *[p.detach().requires_grad_(True) for p in params], *buffers, *graph, *labels)
+        self.compilations += 1
+        return torch.compile(_sizes_from_shapes(traced), dynamic=True, fullgraph=True), tuple(keys)
+
+    def _named_parameters(self):
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def __call__(self, graph: AtomicGraph, labels):
+        from e3pot.model.forces import Prediction, evaluate
+
+        if graph.cell.shape[0] < 2 or graph.positions.shape[0] < 2 or graph.edge_index.shape[1] < 2:
+            # a batch of one structure (the last of an epoch, say) would need a compilation of its own
+            pred = evaluate(self.model, graph, compute_stress=self.compute_stress, training=True)
+            return self.loss_fn(pred, labels), pred
+        named = self._named_parameters()
+        names = [n for n, _ in named]
+        params = [p for _, p in named]
+        buffer_names = [n for n, _ in self.model.named_buffers()]
+        key = (graph.positions.dtype, graph.positions.device, tuple(names))
+        if key not in self._compiled:
+            self._compiled[key] = self._trace(graph, labels, names, buffer_names)
+        fn, keys = self._compiled[key]
+        out = fn(*[p.detach() for p in params], *[b for _, b in self.model.named_buffers()], *graph, *labels)
+        k = len(keys)
+        parts = dict(zip(keys, out[:k]))
+        energy, forces, atomic = out[k:k + 3]
+        grads = out[k + 3:k + 3 + len(params)]
+        stress = out[k + 3 + len(params)] if len(out) > k + 3 + len(params) else None
+        parts["loss"] = _WithGradients.apply(parts["loss"], len(grads), *grads, *params)
+        return parts, Prediction(energy, forces, stress, atomic)
