@@ -68,15 +68,6 @@ class Flawed(nn.Module):
     def dtype(self):
         return self.inner.dtype
 
-    # the memory planner of e3pot.model.chunked sizes a model by these two
-    @property
-    def layers(self):
-        return self.inner.layers
-
-    @property
-    def energy_scale(self):
-        return self.inner.energy_scale
-
     def forward(self, graph):
         return self.inner(graph) + self.flaw(graph)
 

@@ -102,9 +102,15 @@ class StoreDataset(Dataset):
         return self._columns
 
 
-def collate_batch(items: Sequence[Tuple[AtomicGraph, Labels, int]]) -> Tuple[AtomicGraph, Labels, Tensor]:
+def collate_batch(items: Sequence[Tuple[AtomicGraph, Labels, int]],
+                  augment: bool = False) -> Tuple[AtomicGraph, Labels, Tensor]:
     """One batch: the joined graph, the joined labels and the dataset index of each structure
-    (so that errors can name the frames of a batch)."""
+    (so that errors can name the frames of a batch). ``augment``: each structure randomly rotated
+    and reflected first (:mod:`e3pot.data.augment`)."""
+    if augment:
+        from e3pot.data.augment import random_orthogonal, rotate
+
+        items = [(*rotate(graph, labels, random_orthogonal()), k) for graph, labels, k in items]
     graphs, labels, index = zip(*items)
     return collate(graphs), collate_labels(labels), torch.tensor(index)
 
@@ -125,6 +131,6 @@ class NumpyBatch:
                 Labels(*(torch.from_numpy(a) for a in self.labels)), torch.from_numpy(self.index))
 
 
-def collate_batch_numpy(items: Sequence[Tuple[AtomicGraph, Labels, int]]) -> NumpyBatch:
+def collate_batch_numpy(items: Sequence[Tuple[AtomicGraph, Labels, int]], augment: bool = False) -> NumpyBatch:
     """:func:`collate_batch` for DataLoader workers (see :class:`NumpyBatch`)."""
-    return NumpyBatch(collate_batch(items))
+    return NumpyBatch(collate_batch(items, augment))

@@ -70,6 +70,14 @@ def _layers(pot) -> list:
     return list(pot.layers.children())
 
 
+def chunkable(model) -> bool:
+    """Whether ``model`` has the layout that chunked evaluation needs: fixed edge embeddings and
+    interaction blocks with ``message``/``update`` (the ``e3`` and ``cartesian`` kinds). Other kinds
+    (``egnn``, whose edge vectors change from layer to layer) are always evaluated in one piece."""
+    pot = _potential(model)
+    return hasattr(pot, "edge_embedding") and all(hasattr(layer, "conv") for layer in _layers(pot))
+
+
 _FOOTPRINTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 SMALL_GIB = 0.25  # a structure whose direct evaluation needs less never asks how much memory is free
 
@@ -135,6 +143,8 @@ def plan(model, graph: AtomicGraph, compute_stress: bool, memory_budget: Optiona
     """Edges per chunk for evaluating ``graph`` within ``memory_budget`` GiB, or None for the direct path.
 
     Raises :class:`MemoryBudgetError` when even the chunked path would exceed the budget."""
+    if not chunkable(model):
+        return None
     n_atoms, n_edges = graph.positions.shape[0], graph.edge_index.shape[1]
     device = graph.positions.device
     fp = footprint(model, _potential(model).energy_scale.element_size())
@@ -163,6 +173,10 @@ def out_of_memory_message(model, graph: AtomicGraph, memory_budget: Optional[flo
     n_atoms, n_edges = graph.positions.shape[0], graph.edge_index.shape[1]
     device = graph.positions.device
     budget = default_budget(device) if memory_budget is None else float(memory_budget)
+    if not chunkable(model):
+        return (f"out of memory on {device.type} evaluating a structure of {n_atoms} atoms and {n_edges} edges, "
+                f"with {available_memory(device) / GIB:.1f} GiB free; this model kind cannot be evaluated in chunks: "
+                "evaluate fewer structures at a time, or run on a machine with more memory")
     fp = footprint(model, _potential(model).energy_scale.element_size())
     return (f"out of memory on {device.type} evaluating a structure of {n_atoms} atoms and {n_edges} edges "
             f"with a memory budget of {budget:.1f} GiB (in one piece it needs about "

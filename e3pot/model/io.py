@@ -6,7 +6,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from e3pot.model.potential import E3Potential
+from e3pot.model.base import EnergyModel
 
 FORMAT = "e3pot-model"
 FORMAT_VERSION = 2  # 2: fused edge convolution (parameter layout of format 1 no longer loads)
@@ -24,7 +24,7 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def save_model(model: E3Potential, path: str, metadata: Optional[Dict[str, Any]] = None) -> str:
+def save_model(model: EnergyModel, path: str, metadata: Optional[Dict[str, Any]] = None) -> str:
     """Write ``model`` to ``path``; returns the path. ``metadata`` must hold plain values only."""
     from e3pot import __version__
 
@@ -66,14 +66,16 @@ def read_model_file(path: str) -> Dict[str, Any]:
     return payload
 
 
-def load_model(path: str, device: str | torch.device = "cpu", dtype: Optional[str | torch.dtype] = None) -> E3Potential:
+def load_model(path: str, device: str | torch.device = "cpu", dtype: Optional[str | torch.dtype] = None) -> EnergyModel:
     """Load a model file written by :func:`save_model` (no training code, no pickled modules).
 
     The model comes back in eval mode, in the dtype it was trained in unless ``dtype`` is given.
     Its ``metadata`` attribute holds what was stored with it (e.g. validation metrics).
     """
+    from e3pot.model.kinds import build_model
+
     payload = read_model_file(path)
-    model = E3Potential(**payload["config"])
+    model = build_model(payload["config"])
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:

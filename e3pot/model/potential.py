@@ -5,8 +5,7 @@ Total energy is the sum of the per-atom energies; forces and stress come from
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from e3nn import o3
@@ -14,6 +13,7 @@ from e3nn.util.jit import compile_mode
 from torch import Tensor, nn
 
 from e3pot.data.graph import AtomicGraph
+from e3pot.model.base import EnergyModel, default_dtype
 from e3pot.nn.interaction import Interaction
 from e3pot.nn.radial import RadialEmbedding
 
@@ -27,18 +27,8 @@ def hidden_irreps(num_features: int, l_max: int, parity: bool) -> o3.Irreps:
     return o3.Irreps(parts).sort().irreps.simplify()
 
 
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
-
-
 @compile_mode("script")
-class E3Potential(nn.Module):
+class E3Potential(EnergyModel):
     """NequIP-style E(3)-equivariant interatomic potential.
 
     Args:
@@ -60,6 +50,8 @@ class E3Potential(nn.Module):
     are exact in either precision; cast it with ``.to(torch.float32)`` for float32 use.
     """
 
+    kind = "e3"
+
     def __init__(self, atomic_numbers: List[int], r_max: float = 5.0, l_max: int = 2, num_features: int = 32,
                  num_layers: int = 4, num_basis: int = 8, cutoff_p: int = 6, radial_hidden: int = 64,
                  radial_layers: int = 2, parity: bool = True, avg_num_neighbors: float = 1.0,
@@ -71,21 +63,13 @@ class E3Potential(nn.Module):
 
     def _build(self, atomic_numbers, r_max, l_max, num_features, num_layers, num_basis, cutoff_p,
                radial_hidden, radial_layers, parity, avg_num_neighbors, energy_shift, energy_scale) -> None:
-        if len(atomic_numbers) == 0 or len(set(atomic_numbers)) != len(atomic_numbers):
-            raise ValueError(f"atomic_numbers must be non-empty and unique, got {atomic_numbers}")
-        if r_max <= 0 or l_max < 0 or num_layers < 1 or num_features < 1:
-            raise ValueError(f"invalid sizes: r_max={r_max}, l_max={l_max}, num_layers={num_layers}, "
-                             f"num_features={num_features}")
-        n_species = len(atomic_numbers)
-        if energy_shift is not None and len(energy_shift) != n_species:
-            raise ValueError(f"energy_shift has {len(energy_shift)} entries for {n_species} species")
-        self.config = dict(atomic_numbers=[int(z) for z in atomic_numbers], r_max=float(r_max), l_max=l_max,
-                           num_features=num_features, num_layers=num_layers, num_basis=num_basis,
-                           cutoff_p=cutoff_p, radial_hidden=radial_hidden, radial_layers=radial_layers,
-                           parity=parity, avg_num_neighbors=float(avg_num_neighbors))
-        self.atomic_numbers = list(self.config["atomic_numbers"])
-        self.r_max = float(r_max)
-        self.num_species = n_species
+        if l_max < 0 or num_layers < 1 or num_features < 1:
+            raise ValueError(f"invalid sizes: l_max={l_max}, num_layers={num_layers}, num_features={num_features}")
+        self._init_species(atomic_numbers, r_max, energy_shift, energy_scale, self._config(
+            l_max=l_max, num_features=num_features, num_layers=num_layers, num_basis=num_basis, cutoff_p=cutoff_p,
+            radial_hidden=radial_hidden, radial_layers=radial_layers, parity=parity,
+            avg_num_neighbors=float(avg_num_neighbors)))
+        n_species = self.num_species
 
         self.irreps_sh = o3.Irreps.spherical_harmonics(l_max)
         self.sh = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
@@ -96,7 +80,7 @@ class E3Potential(nn.Module):
         for k in range(num_layers):
             # The readout sees only the scalars of the last layer, so that layer makes nothing else.
             layer_target = target if k < num_layers - 1 else o3.Irreps(f"{num_features}x0e")
-            layer = Interaction(irreps, self.irreps_sh, layer_target, n_species, num_basis,
+            layer = Interaction(irreps, self.irreps_sh, layer_target, n_species, num_basis * self.edge_channels,
                                 radial_hidden, radial_layers, avg_num_neighbors)
             layers.append(layer)
             irreps = layer.irreps_out
@@ -104,9 +88,12 @@ class E3Potential(nn.Module):
         self.readout = o3.Linear(irreps, o3.Irreps("1x0e"))
         if self.readout.weight_numel == 0:
             raise ValueError(f"readout: final irreps {irreps} contain no 0e scalars")
-        shift = torch.zeros(n_species) if energy_shift is None else torch.tensor(energy_shift)
-        self.register_buffer("energy_shift", shift.double())
-        self.register_buffer("energy_scale", torch.tensor(float(energy_scale)))
+
+    edge_channels = 1  # radial features per basis function (the Cartesian kind adds three directions)
+
+    def _config(self, **config):
+        """The hyperparameters stored in ``config`` (subclasses drop those they fix)."""
+        return config
 
     def forward(self, graph: AtomicGraph) -> Tensor:
         """Per-atom energies (n_atoms,) in eV, float64."""
@@ -131,25 +118,44 @@ class E3Potential(nn.Module):
         return self.sh(vec), self.radial(torch.linalg.vector_norm(vec, dim=-1))
 
     @torch.jit.export
-    def onehot(self, species: Tensor) -> Tensor:
-        return torch.nn.functional.one_hot(species, self.num_species).to(self.energy_scale.dtype)
-
-    @torch.jit.export
     def atomic_energies(self, h: Tensor, species: Tensor) -> Tensor:
         """Read-out of the last layer's features (n_atoms, dim) into per-atom energies (n_atoms,), float64."""
-        out = self.readout(h).squeeze(-1) * self.energy_scale  # (n_atoms,) model dtype
-        # Energy bookkeeping in float64 whatever the model dtype: the shifts are thousands of eV,
-        # where float32 steps by 1-2 meV, and the per-atom energies are summed in float64.
-        return out.to(torch.float64) + self.energy_shift[species]
+        return self.scale_shift(self.readout(h).squeeze(-1), species)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype the network runs in (positions and cell are cast to it)."""
-        return self.energy_scale.dtype
 
-    def _apply(self, fn, recurse=True):
-        # .to(dtype)/.float()/.cuda() move the per-species shifts but never lower them from float64
-        shift = self.energy_shift
-        super()._apply(fn, recurse)
-        self.energy_shift = shift.to(device=self.energy_scale.device, dtype=torch.float64)
-        return self
+@compile_mode("script")
+class CartesianPotential(E3Potential):
+    """The same message passing with nothing built in: scalar features only, and the edge direction
+    fed to the radial networks as raw Cartesian components instead of spherical harmonics.
+
+    Each Bessel function b_n(r) (with the cutoff envelope) comes four times, as b_n, b_n x/r,
+    b_n y/r and b_n z/r, so the per-edge weights depend on the direction in the lab frame. Energy
+    is invariant to translations and permutations only; rotations must be learned from data (see
+    the ``augment`` option of the data module). Takes the arguments of :class:`E3Potential` except
+    ``l_max`` and ``parity``.
+    """
+
+    kind = "cartesian"
+    edge_channels = 4
+
+    def __init__(self, atomic_numbers: List[int], r_max: float = 5.0, num_features: int = 32, num_layers: int = 4,
+                 num_basis: int = 8, cutoff_p: int = 6, radial_hidden: int = 64, radial_layers: int = 2,
+                 avg_num_neighbors: float = 1.0, energy_shift: Optional[List[float]] = None,
+                 energy_scale: float = 1.0):
+        super().__init__(atomic_numbers, r_max=r_max, l_max=0, num_features=num_features, num_layers=num_layers,
+                         num_basis=num_basis, cutoff_p=cutoff_p, radial_hidden=radial_hidden,
+                         radial_layers=radial_layers, parity=False, avg_num_neighbors=avg_num_neighbors,
+                         energy_shift=energy_shift, energy_scale=energy_scale)
+
+    def _config(self, **config):
+        return {k: v for k, v in config.items() if k not in ("l_max", "parity")}
+
+    @torch.jit.export
+    def edge_embedding(self, vec: Tensor) -> Tuple[Tensor, Tensor]:
+        """Constant l=0 harmonics and the radial basis times (1, x/r, y/r, z/r): (n_edges, 4 num_basis)."""
+        vec = vec.to(self.energy_scale.dtype)
+        r = torch.linalg.vector_norm(vec, dim=-1)
+        basis = self.radial(r)  # (n_edges, num_basis)
+        directions = torch.cat([torch.ones_like(r).unsqueeze(-1), vec / r.unsqueeze(-1)], dim=-1)  # (n_edges, 4)
+        features = (directions.unsqueeze(-1) * basis.unsqueeze(1)).reshape(vec.shape[0], -1)
+        return self.sh(vec), features

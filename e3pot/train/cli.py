@@ -54,8 +54,8 @@ def _format_metrics(metrics: dict) -> str:
 
 # Settings that define the network or its training data: a run resumed with other values would load
 # weights that do not fit, or go on with statistics fitted on other data.
-ARCHITECTURE = ("r_max", "l_max", "num_features", "num_layers", "num_basis", "cutoff_p", "radial_hidden",
-                "radial_layers", "parity", "dtype", "e0s")
+ARCHITECTURE = ("kind", "r_max", "l_max", "num_features", "num_layers", "num_basis", "cutoff_p", "radial_hidden",
+                "radial_layers", "parity", "update_positions", "dtype", "e0s")
 DATA = ("train_file", "val_file", "val_fraction", "n_val", "n_train", "split_seed", "elements", "energy_key",
         "forces_key", "stress_key", "energy_unit", "length_unit", "stress_unit")
 

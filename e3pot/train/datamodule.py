@@ -1,6 +1,7 @@
 """Reading, splitting and batching training data for Lightning."""
 from __future__ import annotations
 
+import functools
 from typing import List, Optional
 
 import numpy as np
@@ -36,6 +37,10 @@ class E3PotDataModule(pl.LightningDataModule):
         batch_size, val_batch_size: structures per batch (per process under DDP).
         num_workers: DataLoader worker processes.
         shuffle: shuffle the training frames every epoch.
+        augment: rotate and reflect every training structure at random each time it is drawn
+            (positions, forces, cell and stress; :mod:`e3pot.data.augment`), to teach the symmetry to a
+            model that does not have it built in (``model.kind: cartesian``). Validation frames stay as
+            they are.
     """
 
     def __init__(self, train_file: str, val_file: Optional[str] = None, val_fraction: float = 0.1,
@@ -44,7 +49,7 @@ class E3PotDataModule(pl.LightningDataModule):
                  energy_key: Optional[str] = None, forces_key: Optional[str] = None,
                  stress_key: Optional[str] = None, energy_unit: str = "eV", length_unit: str = "Å",
                  stress_unit: Optional[str] = None, batch_size: int = 8, val_batch_size: Optional[int] = None,
-                 num_workers: int = 0, shuffle: bool = True):
+                 num_workers: int = 0, shuffle: bool = True, augment: bool = False):
         super().__init__()
         self.save_hyperparameters()  # stored in checkpoints, so that a resumed run can be compared
         if val_file is None and n_val is None and not 0.0 < val_fraction < 1.0:
@@ -64,6 +69,7 @@ class E3PotDataModule(pl.LightningDataModule):
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers = num_workers
         self.shuffle = shuffle
+        self.augment = augment
         self.train_set = None  # GraphDataset, or StoreDataset for a store made by `e3pot preprocess`
         self.val_set = None
         self.atomic_numbers: List[int] = []
@@ -149,7 +155,7 @@ class E3PotDataModule(pl.LightningDataModule):
                             f"{self.train_file}; a model cannot learn an element it is not trained on. Add frames "
                             "with it to the training data, or remove it")
 
-    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset, batch_size: int, shuffle: bool, augment: bool = False) -> DataLoader:
         """Under DDP each process takes its share of every epoch: rank r of n takes every n-th frame of the
         epoch's order (a permutation seeded by split_seed and the epoch; without shuffling, the frames in
         order), so n processes at batch b see together what one process sees at batch n*b."""
@@ -159,12 +165,13 @@ class E3PotDataModule(pl.LightningDataModule):
         if world > 1:
             sampler = DistributedSampler(dataset, num_replicas=world, rank=trainer.global_rank, shuffle=shuffle,
                                          seed=self.split_seed)
+        collate = collate_batch_numpy if self.num_workers else collate_batch
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False,
-                          sampler=sampler, collate_fn=collate_batch_numpy if self.num_workers else collate_batch,
+                          sampler=sampler, collate_fn=functools.partial(collate, augment=augment),
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, self.shuffle)
+        return self._loader(self.train_set, self.batch_size, self.shuffle, self.augment)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.val_batch_size, False)

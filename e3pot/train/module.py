@@ -13,7 +13,9 @@ from e3pot.data.dataset import NumpyBatch
 from e3pot.data.io import DataError
 from e3pot.model.forces import evaluate
 from e3pot.model.io import dtype_from_name
-from e3pot.model.potential import E3Potential
+from e3pot.model import kinds
+from e3pot.model.base import EnergyModel
+from e3pot.model.kinds import model_class
 from e3pot.train import stats
 from e3pot.train.loss import ErrorMetrics, weighted_loss
 
@@ -40,12 +42,17 @@ def check_hyperparameters(hp: dict) -> None:
 
 
 class E3PotModule(pl.LightningModule):
-    """Training of an :class:`~e3pot.model.potential.E3Potential`.
+    """Training of a potential of any kind in :mod:`e3pot.model.kinds`.
 
-    Model hyperparameters are those of ``E3Potential``; the species, energy shift, energy scale and
-    average neighbour count are fitted from the training data in :meth:`setup`.
+    Model hyperparameters are those of the model kind's class (each kind takes the ones it uses:
+    ``E3Potential`` all of them, ``cartesian`` all but ``l_max`` and ``parity``, ``egnn`` the sizes,
+    cutoff and ``update_positions``); the species, energy shift, energy scale and average neighbour
+    count are fitted from the training data in :meth:`setup`.
 
     Args:
+        kind: the model kind: e3 (equivariant; invariant at l_max 0), cartesian (nothing built in)
+            or egnn.
+        update_positions: egnn only: let the layers update the coordinates.
         e0s: per-species energy shift: "fit" (least squares on the training energies), a
             {symbol: eV} table, or the path of a file of isolated-atom structures.
         dtype: float32 or float64 for weights and inputs.
@@ -67,9 +74,10 @@ class E3PotModule(pl.LightningModule):
             (and again for the first batch of a single structure). Validation stays eager.
     """
 
-    def __init__(self, r_max: float = 5.0, l_max: int = 2, num_features: int = 32, num_layers: int = 4,
-                 num_basis: int = 8, cutoff_p: int = 6, radial_hidden: int = 64, radial_layers: int = 2,
-                 parity: bool = True, e0s: Union[Literal["fit"], Dict[str, float], str] = "fit",
+    def __init__(self, kind: Literal["e3", "cartesian", "egnn"] = "e3", r_max: float = 5.0, l_max: int = 2,
+                 num_features: int = 32, num_layers: int = 4, num_basis: int = 8, cutoff_p: int = 6,
+                 radial_hidden: int = 64, radial_layers: int = 2, parity: bool = True, update_positions: bool = True,
+                 e0s: Union[Literal["fit"], Dict[str, float], str] = "fit",
                  dtype: Literal["float32", "float64"] = "float32", energy_weight: float = 1.0,
                  forces_weight: float = 10.0, stress_weight: float = 0.0, lr: float = 0.005,
                  weight_decay: float = 0.0, lr_factor: float = 0.8, lr_patience: int = 10, lr_min: float = 1e-6,
@@ -78,8 +86,8 @@ class E3PotModule(pl.LightningModule):
         super().__init__()
         check_hyperparameters(locals())
         self.save_hyperparameters()
-        self.potential: Optional[E3Potential] = None
-        self.ema: Optional[E3Potential] = None
+        self.potential: Optional[EnergyModel] = None
+        self.ema: Optional[EnergyModel] = None
         self.torch_dtype = dtype_from_name(dtype)
         self.metrics = {"train": ErrorMetrics(), "val": ErrorMetrics()}
         self.use_stress = False
@@ -116,13 +124,9 @@ class E3PotModule(pl.LightningModule):
         if hp.energy_weight == 0 and hp.forces_weight == 0 and not self.use_stress:
             raise DataError(f"{dm.train_file}: stress_weight > 0 is the only loss term, but no training frame has "
                             "a stress label (see data.stress_key)")
-        self.potential = E3Potential(
-            z, r_max=hp.r_max, l_max=hp.l_max, num_features=hp.num_features, num_layers=hp.num_layers,
-            num_basis=hp.num_basis, cutoff_p=hp.cutoff_p, radial_hidden=hp.radial_hidden,
-            radial_layers=hp.radial_layers, parity=hp.parity,
-            avg_num_neighbors=stats.avg_num_neighbors(dm.train_set),
-            energy_shift=shift.tolist(), energy_scale=stats.force_rms(dm.train_set),
-        ).to(self.torch_dtype)
+        fitted = dict(avg_num_neighbors=stats.avg_num_neighbors(dm.train_set), energy_shift=shift.tolist(),
+                      energy_scale=stats.force_rms(dm.train_set))
+        self.potential = model_class(hp.kind)(z, **kinds.select(hp.kind, {**dict(hp), **fitted})).to(self.torch_dtype)
         self.ema = copy.deepcopy(self.potential).requires_grad_(False)
 
     # -- steps ------------------------------------------------------------------------------
