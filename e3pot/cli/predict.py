@@ -5,15 +5,20 @@ structure to the output: an ASE trajectory (``.traj``, predictions as each frame
 results) or extended XYZ (``.extxyz``/``.xyz``) with the predictions under ``e3pot_*`` keys:
 ``e3pot_energy`` (eV), ``e3pot_forces`` (eV/Å, per atom), ``e3pot_energies`` (eV, per atom) and
 ``e3pot_stress`` (eV/Å^3, Voigt order xx yy zz yz xz xy, periodic structures only).
+
+Reference labels in the inputs (an energy, forces) give error tables, per ``config_type`` too
+when the structures have one in ``atoms.info``; ``--plot`` draws them as a parity plot (PNG) and
+``--metrics-json`` writes them as JSON (meV, meV/atom, meV/Å).
 """
 from __future__ import annotations
 
 import argparse
 import collections
 import csv
+import json
 import os
 import sys
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -27,7 +32,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="ASE-readable structure files (extxyz, xyz, traj, db, ...)")
     p.add_argument("-o", "--output", required=True,
                    help="output file: .extxyz/.xyz (predictions under e3pot_* keys) or .traj (as calculator results)")
-    p.add_argument("--csv", help="also write per-structure energies to this CSV file")
+    p.add_argument("--csv", help="also write per-structure energies (and config_type) to this CSV file")
+    p.add_argument("--plot", metavar="PNG",
+                   help="write a parity plot (predicted against reference energy per atom and force components, "
+                        "coloured by config_type) to this PNG file; needs reference labels and matplotlib")
+    p.add_argument("--metrics-json", metavar="PATH",
+                   help="write the error metrics (overall and per config_type) to this JSON file; "
+                        "needs reference labels")
     p.add_argument("--batch-size", type=int, default=32, help="structures per batch (default 32)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default cpu)")
     p.add_argument("--dtype", choices=["float32", "float64"], help="default: the model's own")
@@ -55,32 +66,106 @@ def _reference(atoms) -> Tuple[Optional[float], Optional[np.ndarray]]:
     return results.get("energy", atoms.info.get("energy")), results.get("forces", atoms.arrays.get("forces"))
 
 
+def _config_type(atoms) -> Optional[str]:
+    value = atoms.info.get("config_type")
+    return None if value is None else str(value)
+
+
+def _has_references(paths: List[str]) -> bool:
+    """Whether any input structure has a reference energy or forces. Stops at the first that does,
+    so labelled inputs cost one structure; only unlabelled ones are read through."""
+    for _, atoms in _stream(paths):
+        if any(value is not None for value in _reference(atoms)):
+            return True
+    return False
+
+
+NO_TYPE = "(none)"  # the config_type of structures without one, when others have one
+QUANTITIES = {"energy": "meV", "energy_per_atom": "meV/atom", "forces": "meV/Å"}
+
+
 class _Errors:
+    """Predictions next to the inputs' reference labels (eV, eV/Å), with each structure's config_type."""
+
     def __init__(self):
-        self.e, self.e_atom, self.f = [], [], []
+        self.e_pred, self.e_ref, self.n_atoms, self.e_type = [], [], [], []
+        self.f_pred, self.f_ref, self.f_type = [], [], []
+        self.counts: collections.Counter = collections.Counter()  # structures with a label, per type
+        self.typed = False
 
     def add(self, pred: dict, atoms) -> None:
         energy, forces = _reference(atoms)
+        ctype = _config_type(atoms)
+        self.typed |= ctype is not None
+        ctype = NO_TYPE if ctype is None else ctype
         if energy is not None:
-            self.e.append(pred["energy"] - float(energy))
-            self.e_atom.append(self.e[-1] / len(atoms))
+            self.e_pred.append(pred["energy"])
+            self.e_ref.append(float(energy))
+            self.n_atoms.append(len(atoms))
+            self.e_type.append(ctype)
         if forces is not None:
-            self.f.append((pred["forces"] - np.asarray(forces)).reshape(-1))
+            self.f_pred.append(np.asarray(pred["forces"], dtype=float).reshape(-1))
+            self.f_ref.append(np.asarray(forces, dtype=float).reshape(-1))
+            self.f_type.append(np.full(len(self.f_ref[-1]), ctype, dtype=object))
+        if energy is not None or forces is not None:
+            self.counts[ctype] += 1
 
-    def table(self) -> str:
+    def arrays(self) -> Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(predicted, reference, config_type) per quantity: energy (eV), energy_per_atom (eV/atom)
+        and force components (eV/Å)."""
+        e_pred, e_ref, n = np.array(self.e_pred, float), np.array(self.e_ref, float), np.array(self.n_atoms)
+        e_type = np.array(self.e_type, dtype=object)
+        return {"energy": (e_pred, e_ref, e_type), "energy_per_atom": (e_pred / n, e_ref / n, e_type),
+                "forces": (_concat(self.f_pred, float), _concat(self.f_ref, float), _concat(self.f_type, object))}
+
+    def metrics(self, data: Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict:
+        """MAE, RMSE, mean signed error (prediction − reference) and count of :meth:`arrays`, overall
+        and per config_type, in meV, meV/atom and meV/Å; ``None`` where there is no reference."""
+        from e3pot.plots import error_stats, stats_by_type
+
+        overall = {q: error_stats(pred, ref, 1000.0) for q, (pred, ref, _) in data.items()}
+        by_type = {name: {"n_structures": n, **dict.fromkeys(QUANTITIES)} for name, n in self.counts.items()}
+        for q, (pred, ref, types) in data.items():
+            for name, stats in stats_by_type(pred, ref, types, 1000.0).items():
+                by_type[name][q] = stats
+        return {"units": QUANTITIES, "n_structures": sum(self.counts.values()), "overall": overall,
+                "by_config_type": by_type if self.typed else {}}
+
+    def table(self, metrics: dict) -> str:
         rows = []
-        for name, unit, values in (("energy", "meV", self.e), ("energy / atom", "meV/atom", self.e_atom),
-                                   ("forces", "meV/Å", self.f)):
-            if len(values):
-                err = 1000 * (np.concatenate(values) if name == "forces" else np.array(values))
-                mean = "" if name == "forces" else f"{err.mean():+10.3f}"
-                rows.append(f"| {name:<13} | {np.abs(err).mean():10.3f} | {np.sqrt((err ** 2).mean()):10.3f} | "
-                            f"{mean:>10} | {unit:<8} |")
+        for key, name in (("energy", "energy"), ("energy_per_atom", "energy / atom"), ("forces", "forces")):
+            s = metrics["overall"][key]
+            if s:
+                mean = "" if key == "forces" else f"{s['mean']:+10.3f}"
+                rows.append(f"| {name:<13} | {s['mae']:10.3f} | {s['rmse']:10.3f} | {mean:>10} | "
+                            f"{QUANTITIES[key]:<8} |")
         if not rows:
             return ""
         head = ("| quantity      |        MAE |       RMSE | mean error | unit     |\n"
                 "|---|---:|---:|---:|---|")
         return head + "\n" + "\n".join(rows)
+
+
+def _concat(parts: List[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+
+def _cell(stats: Optional[dict], key: str) -> str:
+    return "-" if stats is None else f"{stats[key]:.3f}"
+
+
+def _type_table(metrics: dict) -> str:
+    """Energy per atom (meV/atom) and force (meV/Å) MAE and RMSE per config_type and for all, aligned."""
+    head = ["config_type", "structures", "E/atom MAE", "E/atom RMSE", "forces MAE", "forces RMSE"]
+    overall = {**metrics["overall"], "n_structures": metrics["n_structures"]}
+    rows = [head]
+    for name, m in [*metrics["by_config_type"].items(), ("(all)", overall)]:
+        e, f = m["energy_per_atom"], m["forces"]
+        rows.append([name, str(m["n_structures"]), *(_cell(s, key) for s in (e, f) for key in ("mae", "rmse"))])
+    widths = [max(len(row[k]) for row in rows) for k in range(len(head))]
+    lines = ["| " + " | ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]) + " |"
+             for row in rows]
+    return "\n".join([lines[0], "|---|" + "---:|" * (len(head) - 1), *lines[1:]])
 
 
 OUTPUT_FORMATS = {".extxyz": "extxyz", ".xyz": "extxyz", ".traj": "traj"}
@@ -97,18 +182,25 @@ def check_paths(args) -> str:
         raise ValueError(f"-o {args.output}: the extension {ext or '(none)'!r} names no format this command writes; "
                          "use .extxyz or .xyz (extended XYZ, predictions under e3pot_* keys) or .traj "
                          "(ASE trajectory, predictions as the frames' calculator results)")
-    real = {name: os.path.realpath(path) for name, path in (("-o", args.output), ("--csv", args.csv)) if path}
+    given = {name: path for name, path in (("-o", args.output), ("--csv", args.csv), ("--plot", args.plot),
+                                           ("--metrics-json", args.metrics_json)) if path}
+    if args.plot and os.path.splitext(args.plot)[1].lower() != ".png":
+        raise ValueError(f"--plot {args.plot}: the plot is a PNG image; give a file name ending in .png")
+    real = {name: os.path.realpath(path) for name, path in given.items()}
     for name, path in real.items():
-        given = args.output if name == "-o" else args.csv
         if os.path.isdir(path):
-            raise ValueError(f"{name} {given}: is a directory; give a file name")
+            raise ValueError(f"{name} {given[name]}: is a directory; give a file name")
         parent = os.path.dirname(path)
         if not os.path.isdir(parent):
-            raise ValueError(f"{name} {given}: the folder {parent} does not exist")
+            raise ValueError(f"{name} {given[name]}: the folder {parent} does not exist")
         if any(os.path.realpath(p) == path for p in args.inputs):
-            raise ValueError(f"{name} {given}: is also an input file; write the predictions to another file")
-    if len(real) == 2 and real["-o"] == real["--csv"]:
-        raise ValueError(f"--csv {args.csv} is the same file as -o {args.output}; give them different names")
+            raise ValueError(f"{name} {given[name]}: is also an input file; write the predictions to another file")
+    names = list(real)
+    for k, first in enumerate(names):
+        for second in names[k + 1:]:
+            if real[first] == real[second]:
+                raise ValueError(f"{second} {given[second]} is the same file as {first} {given[first]}; "
+                                 "give them different names")
     for path in args.inputs:
         if not os.path.exists(path):
             raise DataError(f"{path}: no such file")
@@ -163,6 +255,7 @@ def run(args) -> int:
     if args.memory_budget is not None and not args.memory_budget > 0:
         raise ValueError(f"--memory-budget must be a positive number of GiB, got {args.memory_budget}")
     fmt = check_paths(args)
+    _check_references(args)
     model = load_any(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
     pending: collections.deque = collections.deque()
 
@@ -177,7 +270,7 @@ def run(args) -> int:
     csv_fh = open(csv_tmp, "w", newline="") if csv_tmp else None
     writer = csv.writer(csv_fh) if csv_fh else None
     if writer:
-        writer.writerow(["index", "source", "n_atoms", "energy_eV", "energy_per_atom_eV"])
+        writer.writerow(["index", "source", "n_atoms", "energy_eV", "energy_per_atom_eV", "config_type"])
     n = 0
     try:
         out = _Writer(tmp, fmt)
@@ -189,7 +282,8 @@ def run(args) -> int:
                 errors.add(pred, atoms)
                 out.write(atoms, pred)
                 if writer:
-                    writer.writerow([n, name, len(atoms), f"{pred['energy']:.10f}", f"{pred['energy'] / len(atoms):.10f}"])
+                    writer.writerow([n, name, len(atoms), f"{pred['energy']:.10f}",
+                                     f"{pred['energy'] / len(atoms):.10f}", _config_type(atoms) or ""])
                 n += 1
                 bar.update(1)
             bar.close()
@@ -206,10 +300,58 @@ def run(args) -> int:
             if path and os.path.exists(path):
                 os.remove(path)
     print(f"wrote {n} structures to {args.output}" + (f" and {args.csv}" if args.csv else ""))
-    table = errors.table()
+    _report(args, errors)
+    return 0
+
+
+def _check_references(args) -> None:
+    """Refuse --plot and --metrics-json before any prediction when they cannot be made."""
+    wanted = [flag for flag, path in (("--plot", args.plot), ("--metrics-json", args.metrics_json)) if path]
+    if args.plot:
+        from e3pot.plots import require_matplotlib
+
+        require_matplotlib()
+    if wanted and not _has_references(args.inputs):
+        raise ValueError(f"{' and '.join(wanted)} {'needs' if len(wanted) == 1 else 'need'} reference labels, but no "
+                         "structure in the inputs has a reference energy or forces (an 'energy' in info or calculator "
+                         "results, a 'forces' array)")
+
+
+def _report(args, errors: _Errors) -> None:
+    """Print the error tables; write the parity plot and the metrics JSON."""
+    data = errors.arrays()
+    metrics = errors.metrics(data)
+    table = errors.table(metrics)
     if table:
         print("\nErrors against the reference labels in the inputs:\n" + table)
-    return 0
+    if table and errors.typed:
+        print("\nBy config_type (energy per atom in meV/atom, forces in meV/Å):\n" + _type_table(metrics))
+    if (args.plot or args.metrics_json) and not table:  # the inputs changed since _check_references
+        raise ValueError("no structure had a reference energy or forces; no plot or metrics written")
+    if args.metrics_json:
+        _write_json(args.metrics_json, metrics)
+        print(f"wrote the metrics to {args.metrics_json}")
+    if args.plot:
+        from e3pot.plots import parity_plot
+
+        (e_pred, e_ref, e_type), (f_pred, f_ref, f_type) = data["energy_per_atom"], data["forces"]
+        if not errors.typed:
+            e_type = f_type = None
+        parity_plot(args.plot, e_pred, e_ref, f_pred, f_ref, e_type, f_type)
+        print(f"wrote the parity plot to {args.plot}")
+
+
+def _write_json(path: str, payload: dict) -> None:
+    """Write ``payload`` as JSON: the file appears complete or not at all."""
+    tmp = f"{path}.partial"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(payload, fh, indent=2, ensure_ascii=False)
+            fh.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -218,9 +360,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     tune_allocator()
     from e3pot.data.io import DataError
+    from e3pot.plots import MissingMatplotlib
 
     try:
         return run(args)
-    except (DataError, FileNotFoundError, ValueError, MemoryError) as exc:
+    except (DataError, FileNotFoundError, ValueError, MemoryError, MissingMatplotlib) as exc:
         print(f"e3pot predict: error: {exc}", file=sys.stderr)
         return 2

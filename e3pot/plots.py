@@ -1,0 +1,144 @@
+"""Parity plots (predicted against reference) and the error statistics they show.
+
+Everything here takes plain numpy arrays in eV/atom (energies per atom) and eV/Å (force
+components), so that ``e3pot predict --plot`` and the benchmarks draw the same figure. Errors are
+prediction − reference; the legends give them in meV/atom and meV/Å.
+
+matplotlib is imported only when a plot is drawn, through its Agg canvas: nothing here switches
+the process-wide pyplot backend (a notebook that calls :func:`parity_plot` keeps its own).
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+ENERGY_UNIT = "meV/atom"  # of the errors in the legends
+FORCE_UNIT = "meV/Å"
+
+
+class MissingMatplotlib(ImportError):
+    """matplotlib is not installed; the message says how to install it."""
+
+
+def error_stats(pred: np.ndarray, ref: np.ndarray, scale: float = 1.0) -> Optional[Dict[str, float]]:
+    """``n``, ``mae``, ``rmse`` and ``mean`` (signed, pred − ref) of the errors, times ``scale``;
+    ``None`` when there are no values.
+
+    With eV inputs and ``scale=1000`` the results are in meV (per atom, per Å: as the inputs).
+    """
+    err = scale * (np.asarray(pred, dtype=float).ravel() - np.asarray(ref, dtype=float).ravel())
+    if err.size == 0:
+        return None
+    return {"n": int(err.size), "mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean())),
+            "mean": float(err.mean())}
+
+
+def stats_by_type(pred: np.ndarray, ref: np.ndarray, types: Sequence[str],
+                  scale: float = 1.0) -> Dict[str, Optional[Dict[str, float]]]:
+    """:func:`error_stats` for each distinct value of ``types`` (one per point), in order of first
+    appearance."""
+    types = np.asarray(types, dtype=object)
+    if len(types) != np.size(pred):
+        raise ValueError(f"{len(types)} types for {np.size(pred)} values; give one type per value")
+    pred, ref = np.asarray(pred, dtype=float).ravel(), np.asarray(ref, dtype=float).ravel()
+    order = dict.fromkeys(types.tolist())
+    return {name: error_stats(pred[types == name], ref[types == name], scale) for name in order}
+
+
+def _figure_class():
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise MissingMatplotlib("plotting needs matplotlib, which is not installed: pip install matplotlib") from exc
+    return Figure, FigureCanvasAgg
+
+
+def require_matplotlib() -> None:
+    """Raise :class:`MissingMatplotlib` now rather than after a long prediction run."""
+    _figure_class()
+
+
+def _num(value: float) -> str:
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def _colours(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(k % cmap.N) for k in range(n)]
+
+
+def _panel(ax, pred: np.ndarray, ref: np.ndarray, types: Optional[Sequence[str]], quantity: str,
+           unit: str, error_unit: str) -> None:
+    """One parity panel: points (coloured by type), the y = x line and MAE/RMSE in the legend, in
+    ``error_unit`` (1000 times ``unit``)."""
+    ax.set_xlabel(f"reference {quantity} ({unit})")
+    ax.set_ylabel(f"predicted {quantity} ({unit})")
+    if np.size(pred) == 0:
+        ax.text(0.5, 0.5, f"no reference {quantity}", ha="center", va="center", transform=ax.transAxes)
+        return
+    pred, ref = np.asarray(pred, dtype=float).ravel(), np.asarray(ref, dtype=float).ravel()
+    total = error_stats(pred, ref, 1000.0)
+    marker = dict(ls="", marker="o", ms=3 if pred.size < 2000 else 1, alpha=0.7, rasterized=True)
+    if types is None:
+        ax.plot(ref, pred, **marker, label=f"MAE {_num(total['mae'])}, RMSE {_num(total['rmse'])}")
+    else:
+        types = np.asarray(types, dtype=object)
+        stats = stats_by_type(pred, ref, types, 1000.0)
+        for colour, (name, s) in zip(_colours(len(stats)), stats.items()):
+            mask = types == name
+            ax.plot(ref[mask], pred[mask], **marker, color=colour, label=f"{name}: MAE {_num(s['mae'])}")
+        ax.plot([], [], ls="", label=f"all: MAE {_num(total['mae'])}, RMSE {_num(total['rmse'])}")
+    lo, hi = min(ref.min(), pred.min()), max(ref.max(), pred.max())
+    pad = 0.05 * (hi - lo) or 0.05 * max(abs(lo), 1.0)
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=0.8, label="y = x")
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.set_aspect("equal")
+    ax.grid(True, alpha=0.3)
+    ax.legend(title=f"errors in {error_unit}", fontsize="small" if types is None or len(set(types)) <= 8 else "x-small",
+              title_fontsize="small", markerscale=2)
+
+
+def parity_figure(energy_pred: np.ndarray, energy_ref: np.ndarray, forces_pred: np.ndarray,
+                  forces_ref: np.ndarray, energy_types: Optional[Sequence[str]] = None,
+                  force_types: Optional[Sequence[str]] = None, title: Optional[str] = None):
+    """A matplotlib ``Figure`` (Agg canvas) with two parity panels.
+
+    ``energy_pred``/``energy_ref``: energies per atom (eV/atom), one per structure.
+    ``forces_pred``/``forces_ref``: force components (eV/Å), flattened.
+    ``energy_types``/``force_types``: optional labels (e.g. config_type), one per value, that
+    colour the points; each type gets its own legend entry with its MAE (meV/atom, meV/Å).
+    Either panel may be empty (no references of that kind).
+    """
+    Figure, FigureCanvasAgg = _figure_class()
+    fig = Figure(figsize=(11, 5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax_e, ax_f = fig.subplots(1, 2)
+    _panel(ax_e, energy_pred, energy_ref, energy_types, "energy per atom", "eV/atom", ENERGY_UNIT)
+    _panel(ax_f, forces_pred, forces_ref, force_types, "force components", "eV/Å", FORCE_UNIT)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def parity_plot(path: str, energy_pred: np.ndarray, energy_ref: np.ndarray, forces_pred: np.ndarray,
+                forces_ref: np.ndarray, energy_types: Optional[Sequence[str]] = None,
+                force_types: Optional[Sequence[str]] = None, title: Optional[str] = None) -> str:
+    """Write :func:`parity_figure` (same arguments, eV/atom and eV/Å) to the PNG file ``path`` and
+    return ``path``. The file appears complete or not at all."""
+    fig = parity_figure(energy_pred, energy_ref, forces_pred, forces_ref, energy_types, force_types, title)
+    tmp = f"{path}.partial"  # opened like any new file, so it gets the usual permissions
+    try:
+        with open(tmp, "wb") as fh:
+            fig.savefig(fh, format="png")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
