@@ -133,7 +133,7 @@ def test_metrics_json_keys(model_file_64, tmp_path):
     assert run_cli(model_file_64, [path], tmp_path, "--metrics-json", metrics_path) == 0
     with open(metrics_path) as fh:
         metrics = json.load(fh)
-    assert set(metrics) == {"units", "n_structures", "overall", "by_config_type"}
+    assert set(metrics) == {"units", "n_structures", "overall", "group_by", "by_config_type"}
     assert metrics["units"] == {"energy": "meV", "energy_per_atom": "meV/atom", "forces": "meV/Å"}
     assert metrics["n_structures"] == len(frames)
     assert metrics["overall"]["energy"] is None and metrics["overall"]["energy_per_atom"] is None
@@ -232,3 +232,21 @@ def test_plot_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
         parity_plot(str(path), np.zeros(2), np.ones(2), np.zeros(3), np.ones(3))
     assert path.read_bytes() == b"an older plot"
     assert os.listdir(tmp_path) == ["parity.png"]
+
+
+def test_group_by_another_info_key(model_file_64, tmp_path, capsys):
+    """--group-by picks the info key that groups the metrics (here the example data's ``molecule``)."""
+    model = model_file_64
+    frames = read(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
+                               "example.extxyz"), "::50")
+    data = str(tmp_path / "frames.extxyz")
+    write(data, frames)
+    metrics = str(tmp_path / "metrics.json")
+    rc = main([model, data, "-o", str(tmp_path / "out.extxyz"), "--group-by", "molecule",
+                     "--metrics-json", metrics, "--no-progress"])
+    assert rc == 0
+    out = json.load(open(metrics))
+    assert out["group_by"] == "molecule"
+    assert set(out["by_config_type"]) == {a.info["molecule"] for a in frames}
+    assert sum(m["n_structures"] for m in out["by_config_type"].values()) == len(frames)
+    assert "By molecule" in capsys.readouterr().out

@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-json", metavar="PATH",
                    help="write the error metrics (overall and per config_type) to this JSON file; "
                         "needs reference labels")
+    p.add_argument("--group-by", default="config_type", metavar="KEY",
+                   help="the per-structure info key whose values group the metrics, the plot's colours and the "
+                        "CSV's last column (default config_type)")
     p.add_argument("--batch-size", type=int, default=32, help="structures per batch (default 32)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default cpu)")
     p.add_argument("--dtype", choices=["float32", "float64"], help="default: the model's own")
@@ -66,8 +69,8 @@ def _reference(atoms) -> Tuple[Optional[float], Optional[np.ndarray]]:
     return results.get("energy", atoms.info.get("energy")), results.get("forces", atoms.arrays.get("forces"))
 
 
-def _config_type(atoms) -> Optional[str]:
-    value = atoms.info.get("config_type")
+def _config_type(atoms, key: str = "config_type") -> Optional[str]:
+    value = atoms.info.get(key)
     return None if value is None else str(value)
 
 
@@ -87,7 +90,8 @@ QUANTITIES = {"energy": "meV", "energy_per_atom": "meV/atom", "forces": "meV/Å"
 class _Errors:
     """Predictions next to the inputs' reference labels (eV, eV/Å), with each structure's config_type."""
 
-    def __init__(self):
+    def __init__(self, group_by: str = "config_type"):
+        self.group_by = group_by
         self.e_pred, self.e_ref, self.n_atoms, self.e_type = [], [], [], []
         self.f_pred, self.f_ref, self.f_type = [], [], []
         self.counts: collections.Counter = collections.Counter()  # structures with a label, per type
@@ -95,7 +99,7 @@ class _Errors:
 
     def add(self, pred: dict, atoms) -> None:
         energy, forces = _reference(atoms)
-        ctype = _config_type(atoms)
+        ctype = _config_type(atoms, self.group_by)
         self.typed |= ctype is not None
         ctype = NO_TYPE if ctype is None else ctype
         if energy is not None:
@@ -129,7 +133,7 @@ class _Errors:
             for name, stats in stats_by_type(pred, ref, types, 1000.0).items():
                 by_type[name][q] = stats
         return {"units": QUANTITIES, "n_structures": sum(self.counts.values()), "overall": overall,
-                "by_config_type": by_type if self.typed else {}}
+                "group_by": self.group_by, "by_config_type": by_type if self.typed else {}}
 
     def table(self, metrics: dict) -> str:
         rows = []
@@ -154,9 +158,9 @@ def _cell(stats: Optional[dict], key: str) -> str:
     return "-" if stats is None else f"{stats[key]:.3f}"
 
 
-def _type_table(metrics: dict) -> str:
+def _type_table(metrics: dict, group_by: str = "config_type") -> str:
     """Energy per atom (meV/atom) and force (meV/Å) MAE and RMSE per config_type and for all, aligned."""
-    head = ["config_type", "structures", "E/atom MAE", "E/atom RMSE", "forces MAE", "forces RMSE"]
+    head = [group_by, "structures", "E/atom MAE", "E/atom RMSE", "forces MAE", "forces RMSE"]
     overall = {**metrics["overall"], "n_structures": metrics["n_structures"]}
     rows = [head]
     for name, m in [*metrics["by_config_type"].items(), ("(all)", overall)]:
@@ -264,13 +268,13 @@ def run(args) -> int:
             pending.append((name, atoms))
             yield name, atoms
 
-    errors = _Errors()
+    errors = _Errors(args.group_by)
     tmp = f"{args.output}.partial"
     csv_tmp = f"{args.csv}.partial" if args.csv else None  # like the output: complete or absent
     csv_fh = open(csv_tmp, "w", newline="") if csv_tmp else None
     writer = csv.writer(csv_fh) if csv_fh else None
     if writer:
-        writer.writerow(["index", "source", "n_atoms", "energy_eV", "energy_per_atom_eV", "config_type"])
+        writer.writerow(["index", "source", "n_atoms", "energy_eV", "energy_per_atom_eV", args.group_by])
     n = 0
     try:
         out = _Writer(tmp, fmt)
@@ -283,7 +287,7 @@ def run(args) -> int:
                 out.write(atoms, pred)
                 if writer:
                     writer.writerow([n, name, len(atoms), f"{pred['energy']:.10f}",
-                                     f"{pred['energy'] / len(atoms):.10f}", _config_type(atoms) or ""])
+                                     f"{pred['energy'] / len(atoms):.10f}", _config_type(atoms, args.group_by) or ""])
                 n += 1
                 bar.update(1)
             bar.close()
@@ -325,7 +329,8 @@ def _report(args, errors: _Errors) -> None:
     if table:
         print("\nErrors against the reference labels in the inputs:\n" + table)
     if table and errors.typed:
-        print("\nBy config_type (energy per atom in meV/atom, forces in meV/Å):\n" + _type_table(metrics))
+        print(f"\nBy {args.group_by} (energy per atom in meV/atom, forces in meV/Å):\n"
+              + _type_table(metrics, args.group_by))
     if (args.plot or args.metrics_json) and not table:  # the inputs changed since _check_references
         raise ValueError("no structure had a reference energy or forces; no plot or metrics written")
     if args.metrics_json:
