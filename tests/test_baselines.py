@@ -162,6 +162,8 @@ def test_baseline_config_trains_and_runs_everywhere(config, kind, tmp_path, monk
     atoms.calc = e3pot.E3PotCalculator(path)
     energy, forces = atoms.get_potential_energy(), atoms.get_forces()
     assert np.isfinite(energy) and np.isfinite(forces).all()
+    (pred,) = e3pot.predict(path, [atoms.copy()])
+    assert abs(pred["energy"] - energy) < 1e-9 and np.abs(pred["forces"] - forces).max() < 1e-9
     exported = ExportedModel(export_model(model, str(tmp_path / "model.ts")))
     out = exported(graph_of(atoms, model))
     assert abs(out[0].item() - energy) < 1e-9 and np.abs(out[1].numpy() - forces).max() < 1e-9
@@ -172,3 +174,22 @@ def test_baseline_config_trains_and_runs_everywhere(config, kind, tmp_path, monk
         assert failed == {"rotation", "rotoreflection"}, report.table()
     else:
         assert report.passed, report.table()
+
+
+@pytest.mark.parametrize("kind, options", [("cartesian", {}), ("e3", {"l_max": 0})], ids=["cartesian", "invariant"])
+def test_chunked_evaluation_of_the_baselines(periodic, kind, options):
+    """The Cartesian and invariant models keep the layout of chunked evaluation (the Cartesian kind with
+    its own edge embedding, the invariant one with constant harmonics): same numbers as the direct path;
+    an EGNN is never chunked, whatever the budget."""
+    from e3pot.model.chunked import chunkable, chunked_evaluate, plan
+    from e3pot.model.forces import Conservative
+
+    model = tiny(kind, **options)
+    graph = graph_of(periodic, model)
+    direct = Conservative(model)(graph, True)
+    chunked = chunked_evaluate(model, graph, True, 13)
+    for a, b in zip(direct, chunked):
+        assert torch.allclose(a, b, atol=1e-10)
+    egnn = tiny("egnn")
+    assert chunkable(model) and not chunkable(egnn)
+    assert plan(egnn, graph_of(periodic, egnn), True, memory_budget=1e-6) is None

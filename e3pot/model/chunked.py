@@ -302,7 +302,9 @@ def chunked_evaluate(model, graph: AtomicGraph, compute_stress: bool,
         with torch.enable_grad():
             vec_c = vec[e].detach().requires_grad_(True)
             sh_c, radial_c = pot.edge_embedding(vec_c)
-            (g_vec,) = torch.autograd.grad([sh_c, radial_c], [vec_c], [g_sh[e], g_radial[e]])
+            # at l_max 0 the harmonics are a constant that autograd does not track
+            pairs = [(t, g[e]) for t, g in ((sh_c, g_sh), (radial_c, g_radial)) if t.requires_grad]
+            (g_vec,) = torch.autograd.grad([t for t, _ in pairs], [vec_c], [g for _, g in pairs])
         forces.index_add_(0, receiver[e], g_vec)
         forces.index_add_(0, sender[e], -g_vec)
         if compute_stress:
