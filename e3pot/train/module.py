@@ -15,7 +15,6 @@ from e3pot.model.forces import evaluate
 from e3pot.model.io import dtype_from_name
 from e3pot.model import kinds
 from e3pot.model.base import EnergyModel
-from e3pot.model.kinds import model_class
 from e3pot.train import stats
 from e3pot.train.loss import ErrorMetrics, weighted_loss
 
@@ -126,7 +125,7 @@ class E3PotModule(pl.LightningModule):
                             "a stress label (see data.stress_key)")
         fitted = dict(avg_num_neighbors=stats.avg_num_neighbors(dm.train_set), energy_shift=shift.tolist(),
                       energy_scale=stats.force_rms(dm.train_set))
-        self.potential = model_class(hp.kind)(z, **kinds.select(hp.kind, {**dict(hp), **fitted})).to(self.torch_dtype)
+        self.potential = kinds.model_class(hp.kind)(z, **kinds.select(hp.kind, {**dict(hp), **fitted})).to(self.torch_dtype)
         self.ema = copy.deepcopy(self.potential).requires_grad_(False)
 
     # -- steps ------------------------------------------------------------------------------
