@@ -9,7 +9,6 @@ the process-wide pyplot backend (a notebook that calls :func:`parity_plot` keeps
 """
 from __future__ import annotations
 
-import os
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -82,6 +81,13 @@ def _panel(ax, pred: np.ndarray, ref: np.ndarray, types: Optional[Sequence[str]]
         ax.text(0.5, 0.5, f"no reference {quantity}", ha="center", va="center", transform=ax.transAxes)
         return
     pred, ref = np.asarray(pred, dtype=float).ravel(), np.asarray(ref, dtype=float).ravel()
+    finite = np.isfinite(pred) & np.isfinite(ref)  # NaN or infinite values cannot be drawn: left out
+    if not finite.all():
+        pred, ref = pred[finite], ref[finite]
+        types = None if types is None else np.asarray(types, dtype=object)[finite]
+        if pred.size == 0:
+            ax.text(0.5, 0.5, f"no finite reference {quantity}", ha="center", va="center", transform=ax.transAxes)
+            return
     total = error_stats(pred, ref, 1000.0)
     marker = dict(ls="", marker="o", ms=3 if pred.size < 2000 else 1, alpha=0.7, rasterized=True)
     if types is None:
@@ -131,14 +137,11 @@ def parity_plot(path: str, energy_pred: np.ndarray, energy_ref: np.ndarray, forc
                 forces_ref: np.ndarray, energy_types: Optional[Sequence[str]] = None,
                 force_types: Optional[Sequence[str]] = None, title: Optional[str] = None) -> str:
     """Write :func:`parity_figure` (same arguments, eV/atom and eV/Å) to the PNG file ``path`` and
-    return ``path``. The file appears complete or not at all."""
+    return ``path``. The file appears complete or not at all (see :func:`e3pot.files.atomic_output`);
+    pairs with a NaN or infinite value are left out of the panels."""
+    from e3pot.files import atomic_output
+
     fig = parity_figure(energy_pred, energy_ref, forces_pred, forces_ref, energy_types, force_types, title)
-    tmp = f"{path}.partial"  # opened like any new file, so it gets the usual permissions
-    try:
-        with open(tmp, "wb") as fh:
-            fig.savefig(fh, format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        fig.savefig(fh, format="png")
     return path

@@ -133,7 +133,9 @@ def test_metrics_json_keys(model_file_64, tmp_path):
     assert run_cli(model_file_64, [path], tmp_path, "--metrics-json", metrics_path) == 0
     with open(metrics_path) as fh:
         metrics = json.load(fh)
-    assert set(metrics) == {"units", "n_structures", "overall", "group_by", "by_config_type"}
+    assert set(metrics) == {"units", "n_structures", "overall", "group_by", "by_config_type",
+                            "n_left_out_nonfinite", "first_left_out_nonfinite"}
+    assert metrics["n_left_out_nonfinite"] == 0 and metrics["first_left_out_nonfinite"] is None
     assert metrics["units"] == {"energy": "meV", "energy_per_atom": "meV/atom", "forces": "meV/Å"}
     assert metrics["n_structures"] == len(frames)
     assert metrics["overall"]["energy"] is None and metrics["overall"]["energy_per_atom"] is None

@@ -8,13 +8,17 @@ results) or extended XYZ (``.extxyz``/``.xyz``) with the predictions under ``e3p
 
 Reference labels in the inputs (an energy, forces) give error tables, per ``config_type`` too
 when the structures have one in ``atoms.info``; ``--plot`` draws them as a parity plot (PNG) and
-``--metrics-json`` writes them as JSON (meV, meV/atom, meV/Å).
+``--metrics-json`` writes them as JSON (meV, meV/atom, meV/Å). Structures whose reference energy
+or forces are NaN or infinite are left out of the error tables, the plot and the metrics, and
+counted in the report.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import csv
+import itertools
 import json
 import os
 import sys
@@ -26,8 +30,16 @@ from tqdm.auto import tqdm
 PREFIX = "e3pot_"
 
 
+EPILOG = ("Outputs (-o, --csv, --plot, --metrics-json): an output is never one of the inputs, an output "
+          "that exists already is replaced only with --overwrite, and every output is written to a temporary "
+          "file in its own folder and moved into place only when the whole run has succeeded: a failed run "
+          "leaves existing files as they were and removes nothing but its own temporary files.")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="e3pot predict", description=__doc__.split("\n\n")[0])
+    from e3pot.files import OVERWRITE_HELP
+
+    p = argparse.ArgumentParser(prog="e3pot predict", description=__doc__.split("\n\n")[0], epilog=EPILOG)
     p.add_argument("model", help="model file (model.pt) or TorchScript export")
     p.add_argument("inputs", nargs="+", help="ASE-readable structure files (extxyz, xyz, traj, db, ...)")
     p.add_argument("-o", "--output", required=True,
@@ -41,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
                         "needs reference labels")
     p.add_argument("--group-by", default="config_type", metavar="KEY",
                    help="the per-structure info key whose values group the metrics, the plot's colours and the "
-                        "CSV's last column (default config_type)")
+                        "CSV's last column (default config_type); another key must occur in the inputs")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--batch-size", type=int, default=32, help="structures per batch (default 32)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default cpu)")
     p.add_argument("--dtype", choices=["float32", "float64"], help="default: the model's own")
@@ -69,18 +82,39 @@ def _reference(atoms) -> Tuple[Optional[float], Optional[np.ndarray]]:
     return results.get("energy", atoms.info.get("energy")), results.get("forces", atoms.arrays.get("forces"))
 
 
+def _nonfinite_labels(energy, forces) -> List[str]:
+    """The reference labels (``energy``, ``forces``) that hold a NaN or an infinity."""
+    bad = []
+    if energy is not None and not np.all(np.isfinite(np.asarray(energy, dtype=float))):
+        bad.append("energy")
+    if forces is not None and not np.all(np.isfinite(np.asarray(forces, dtype=float))):
+        bad.append("forces")
+    return bad
+
+
 def _config_type(atoms, key: str = "config_type") -> Optional[str]:
     value = atoms.info.get(key)
     return None if value is None else str(value)
 
 
-def _has_references(paths: List[str]) -> bool:
-    """Whether any input structure has a reference energy or forces. Stops at the first that does,
-    so labelled inputs cost one structure; only unlabelled ones are read through."""
+def _scan_inputs(paths: List[str], references: bool, group_by: Optional[str]) -> Tuple[bool, bool, List[str]]:
+    """Read the inputs until they are known to have a structure with finite reference labels (when
+    ``references``) and one with the info key ``group_by`` (when given): labelled, keyed inputs cost
+    one structure; only inputs that lack them are read through.
+
+    Returns (has finite references, has the key, the info keys seen, in order of appearance).
+    """
+    has_refs, has_key, keys = not references, group_by is None, {}
     for _, atoms in _stream(paths):
-        if any(value is not None for value in _reference(atoms)):
-            return True
-    return False
+        if not has_refs:
+            energy, forces = _reference(atoms)
+            has_refs = (energy is not None or forces is not None) and not _nonfinite_labels(energy, forces)
+        if not has_key:
+            has_key = group_by in atoms.info
+            keys.update(dict.fromkeys(atoms.info))
+        if has_refs and has_key:
+            break
+    return has_refs, has_key, list(keys)
 
 
 NO_TYPE = "(none)"  # the config_type of structures without one, when others have one
@@ -88,7 +122,10 @@ QUANTITIES = {"energy": "meV", "energy_per_atom": "meV/atom", "forces": "meV/Å"
 
 
 class _Errors:
-    """Predictions next to the inputs' reference labels (eV, eV/Å), with each structure's config_type."""
+    """Predictions next to the inputs' reference labels (eV, eV/Å), with each structure's config_type.
+
+    A structure whose reference energy or any force component is NaN or infinite is left out
+    (both its energy and its forces) and counted in ``left_out``."""
 
     def __init__(self, group_by: str = "config_type"):
         self.group_by = group_by
@@ -96,12 +133,20 @@ class _Errors:
         self.f_pred, self.f_ref, self.f_type = [], [], []
         self.counts: collections.Counter = collections.Counter()  # structures with a label, per type
         self.typed = False
+        self.left_out = 0  # structures with non-finite reference labels
+        self.first_left_out: Optional[str] = None  # "file, frame k (energy)" of the first of them
 
-    def add(self, pred: dict, atoms) -> None:
+    def add(self, pred: dict, atoms, name: str = "?") -> None:
         energy, forces = _reference(atoms)
         ctype = _config_type(atoms, self.group_by)
         self.typed |= ctype is not None
         ctype = NO_TYPE if ctype is None else ctype
+        bad = _nonfinite_labels(energy, forces)
+        if bad:
+            self.left_out += 1
+            if self.first_left_out is None:
+                self.first_left_out = f"{name} ({' and '.join(bad)})"
+            return
         if energy is not None:
             self.e_pred.append(pred["energy"])
             self.e_ref.append(float(energy))
@@ -113,6 +158,14 @@ class _Errors:
             self.f_type.append(np.full(len(self.f_ref[-1]), ctype, dtype=object))
         if energy is not None or forces is not None:
             self.counts[ctype] += 1
+
+    def left_out_line(self) -> str:
+        """The report's line on structures left out for non-finite labels ("" when there are none)."""
+        if not self.left_out:
+            return ""
+        what = "structure" if self.left_out == 1 else "structures"
+        return (f"left out of the error metrics: {self.left_out} {what} with a NaN or infinite reference energy or "
+                f"forces (the first: {self.first_left_out})")
 
     def arrays(self) -> Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(predicted, reference, config_type) per quantity: energy (eV), energy_per_atom (eV/atom)
@@ -133,7 +186,8 @@ class _Errors:
             for name, stats in stats_by_type(pred, ref, types, 1000.0).items():
                 by_type[name][q] = stats
         return {"units": QUANTITIES, "n_structures": sum(self.counts.values()), "overall": overall,
-                "group_by": self.group_by, "by_config_type": by_type if self.typed else {}}
+                "group_by": self.group_by, "by_config_type": by_type if self.typed else {},
+                "n_left_out_nonfinite": self.left_out, "first_left_out_nonfinite": self.first_left_out}
 
     def table(self, metrics: dict) -> str:
         rows = []
@@ -175,40 +229,76 @@ def _type_table(metrics: dict, group_by: str = "config_type") -> str:
 OUTPUT_FORMATS = {".extxyz": "extxyz", ".xyz": "extxyz", ".traj": "traj"}
 
 
-def check_paths(args) -> str:
-    """Refuse, before any work, output paths that would clash or fail at the end; returns the output format."""
-    from e3pot.data.io import DataError
+def _outputs(args) -> List[Tuple[str, str]]:
+    """(option, path) of the outputs the command was given."""
+    return [(option, path) for option, path in (("-o", args.output), ("--csv", args.csv), ("--plot", args.plot),
+                                                ("--metrics-json", args.metrics_json)) if path]
 
-    if os.path.isdir(args.output):
-        raise ValueError(f"-o {args.output}: is a directory; give a file name")
+
+def check_paths(args) -> str:
+    """Refuse, before any work, output paths that would clash or fail at the end (see
+    :func:`e3pot.files.check_output`); returns the output format."""
+    from e3pot.data.io import DataError
+    from e3pot.files import check_output
+
     ext = os.path.splitext(args.output)[1].lower()
-    if ext not in OUTPUT_FORMATS:
+    if ext not in OUTPUT_FORMATS and not os.path.isdir(args.output):
         raise ValueError(f"-o {args.output}: the extension {ext or '(none)'!r} names no format this command writes; "
                          "use .extxyz or .xyz (extended XYZ, predictions under e3pot_* keys) or .traj "
                          "(ASE trajectory, predictions as the frames' calculator results)")
-    given = {name: path for name, path in (("-o", args.output), ("--csv", args.csv), ("--plot", args.plot),
-                                           ("--metrics-json", args.metrics_json)) if path}
     if args.plot and os.path.splitext(args.plot)[1].lower() != ".png":
         raise ValueError(f"--plot {args.plot}: the plot is a PNG image; give a file name ending in .png")
-    real = {name: os.path.realpath(path) for name, path in given.items()}
-    for name, path in real.items():
-        if os.path.isdir(path):
-            raise ValueError(f"{name} {given[name]}: is a directory; give a file name")
-        parent = os.path.dirname(path)
-        if not os.path.isdir(parent):
-            raise ValueError(f"{name} {given[name]}: the folder {parent} does not exist")
-        if any(os.path.realpath(p) == path for p in args.inputs):
-            raise ValueError(f"{name} {given[name]}: is also an input file; write the predictions to another file")
-    names = list(real)
-    for k, first in enumerate(names):
-        for second in names[k + 1:]:
-            if real[first] == real[second]:
-                raise ValueError(f"{second} {given[second]} is the same file as {first} {given[first]}; "
-                                 "give them different names")
+    outputs = _outputs(args)
+    inputs = [args.model, *args.inputs]
+    for option, path in outputs:
+        # each other output as a string object of its own, so that none is taken for this one
+        others = [(o, "".join(list(p))) for o, p in outputs if o != option]
+        check_output(path, option, inputs=inputs, overwrite=args.overwrite, others=others)
     for path in args.inputs:
         if not os.path.exists(path):
             raise DataError(f"{path}: no such file")
     return OUTPUT_FORMATS[ext]
+
+
+def _count_xyz(path: str) -> int:
+    """Frames in an (extended) XYZ file, from its atom-count lines alone."""
+    n = 0
+    with open(path, "rb") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue  # blank lines between or after the frames
+            natoms = int(line)
+            skipped = sum(1 for _ in itertools.islice(fh, natoms + 1))  # the comment line and the atoms
+            if skipped < natoms + 1:
+                raise ValueError(f"{path}: the last frame is cut short")
+            n += 1
+    return n
+
+
+def count_frames(paths: List[str]) -> Optional[int]:
+    """The number of structures in ``paths`` when it is cheap to know (extended XYZ files are scanned
+    for their atom-count lines, ASE trajectories and databases say), else ``None``."""
+    total = 0
+    try:
+        for path in paths:
+            ext = os.path.splitext(path)[1].lower()
+            if ext in (".extxyz", ".xyz"):
+                total += _count_xyz(path)
+            elif ext == ".traj":
+                from ase.io.trajectory import Trajectory
+
+                with Trajectory(path) as traj:
+                    total += len(traj)
+            elif ext == ".db":
+                import ase.db
+
+                total += ase.db.connect(path).count()
+            else:
+                return None
+    except Exception:  # the count only feeds the progress bar; reading the file reports real problems
+        return None
+    return total
 
 
 class _Writer:
@@ -251,6 +341,7 @@ class _Writer:
 
 
 def run(args) -> int:
+    from e3pot.files import atomic_output
     from e3pot.model.runtime import load_any
     from e3pot.predict import iter_predictions
 
@@ -259,8 +350,8 @@ def run(args) -> int:
     if args.memory_budget is not None and not args.memory_budget > 0:
         raise ValueError(f"--memory-budget must be a positive number of GiB, got {args.memory_budget}")
     fmt = check_paths(args)
-    _check_references(args)
-    model = load_any(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
+    _check_inputs(args)
+    total = None if args.no_progress else count_frames(args.inputs)
     pending: collections.deque = collections.deque()
 
     def source():
@@ -269,94 +360,97 @@ def run(args) -> int:
             yield name, atoms
 
     errors = _Errors(args.group_by)
-    tmp = f"{args.output}.partial"
-    csv_tmp = f"{args.csv}.partial" if args.csv else None  # like the output: complete or absent
-    csv_fh = open(csv_tmp, "w", newline="") if csv_tmp else None
-    writer = csv.writer(csv_fh) if csv_fh else None
-    if writer:
-        writer.writerow(["index", "source", "n_atoms", "energy_eV", "energy_per_atom_eV", args.group_by])
     n = 0
-    try:
-        out = _Writer(tmp, fmt)
-        try:
-            bar = tqdm(unit="structure", disable=args.no_progress, desc="predicting")
-            for pred in iter_predictions(model, source(), batch_size=args.batch_size, named=True,
-                                         memory_budget=args.memory_budget):
-                name, atoms = pending.popleft()
-                errors.add(pred, atoms)
-                out.write(atoms, pred)
-                if writer:
-                    writer.writerow([n, name, len(atoms), f"{pred['energy']:.10f}",
-                                     f"{pred['energy'] / len(atoms):.10f}", _config_type(atoms, args.group_by) or ""])
-                n += 1
-                bar.update(1)
-            bar.close()
-        finally:
-            out.close()
-        os.replace(tmp, args.output)
-        if csv_fh:
-            csv_fh.close()
-            os.replace(csv_tmp, args.csv)
-    finally:
-        if csv_fh:
-            csv_fh.close()
-        for path in (tmp, csv_tmp):
-            if path and os.path.exists(path):
-                os.remove(path)
+    # Every output goes to a temporary file of its own; all of them replace their targets only
+    # after the last one is complete, and a failure anywhere removes the temporary files alone.
+    with contextlib.ExitStack() as stack:
+        tmp = {option: stack.enter_context(atomic_output(path)) for option, path in _outputs(args)}
+        out = _Writer(tmp["-o"], fmt)
+        stack.callback(out.close)
+        writer = None
+        if args.csv:
+            writer = csv.writer(stack.enter_context(open(tmp["--csv"], "w", newline="")))
+            writer.writerow(["index", "source", "n_atoms", "energy_eV", "energy_per_atom_eV", args.group_by])
+        model = load_any(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
+        bar = stack.enter_context(tqdm(total=total, unit="structure", disable=args.no_progress, desc="predicting"))
+        for pred in iter_predictions(model, source(), batch_size=args.batch_size, named=True,
+                                     memory_budget=args.memory_budget):
+            name, atoms = pending.popleft()
+            errors.add(pred, atoms, name)
+            out.write(atoms, pred)
+            if writer:
+                writer.writerow([n, name, len(atoms), f"{pred['energy']:.10f}",
+                                 f"{pred['energy'] / len(atoms):.10f}", _config_type(atoms, args.group_by) or ""])
+            n += 1
+            bar.update(1)
+        report = _report(args, errors, tmp)
     print(f"wrote {n} structures to {args.output}" + (f" and {args.csv}" if args.csv else ""))
-    _report(args, errors)
+    if report:
+        print(report)
     return 0
 
 
-def _check_references(args) -> None:
-    """Refuse --plot and --metrics-json before any prediction when they cannot be made."""
+def _check_inputs(args) -> None:
+    """Refuse, before any prediction, --plot and --metrics-json when they cannot be made and a
+    --group-by key that no input structure has."""
     wanted = [flag for flag, path in (("--plot", args.plot), ("--metrics-json", args.metrics_json)) if path]
     if args.plot:
         from e3pot.plots import require_matplotlib
 
         require_matplotlib()
-    if wanted and not _has_references(args.inputs):
+    key = None if args.group_by == "config_type" else args.group_by  # the default may be absent
+    if not wanted and key is None:
+        return
+    has_refs, has_key, keys = _scan_inputs(args.inputs, bool(wanted), key)
+    if not has_refs:
         raise ValueError(f"{' and '.join(wanted)} {'needs' if len(wanted) == 1 else 'need'} reference labels, but no "
-                         "structure in the inputs has a reference energy or forces (an 'energy' in info or calculator "
-                         "results, a 'forces' array)")
+                         "structure in the inputs has a finite reference energy or forces (an 'energy' in info or "
+                         "calculator results, a 'forces' array)")
+    if not has_key:
+        few = ", ".join(repr(k) for k in keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+        have = f"the info keys they have: {few}" if keys else "they have no info keys"
+        raise ValueError(f"--group-by {key}: no input structure has the info key {key!r} ({have})")
 
 
-def _report(args, errors: _Errors) -> None:
-    """Print the error tables; write the parity plot and the metrics JSON."""
+def _report(args, errors: _Errors, tmp: Dict[str, str]) -> str:
+    """The error tables, as text; the parity plot and the metrics JSON, written to their temporary
+    files ``tmp[option]``."""
     data = errors.arrays()
     metrics = errors.metrics(data)
     table = errors.table(metrics)
+    lines = []
     if table:
-        print("\nErrors against the reference labels in the inputs:\n" + table)
+        lines.append("\nErrors against the reference labels in the inputs:\n" + table)
     if table and errors.typed:
-        print(f"\nBy {args.group_by} (energy per atom in meV/atom, forces in meV/Å):\n"
-              + _type_table(metrics, args.group_by))
-    if (args.plot or args.metrics_json) and not table:  # the inputs changed since _check_references
-        raise ValueError("no structure had a reference energy or forces; no plot or metrics written")
+        lines.append(f"\nBy {args.group_by} (energy per atom in meV/atom, forces in meV/Å):\n"
+                     + _type_table(metrics, args.group_by))
+    if errors.left_out:
+        lines.append(("\n" if table else "") + errors.left_out_line())
+    if (args.plot or args.metrics_json) and not table:  # the inputs changed since _check_inputs
+        raise ValueError("no structure had a finite reference energy or forces; no output, plot or metrics written")
     if args.metrics_json:
-        _write_json(args.metrics_json, metrics)
-        print(f"wrote the metrics to {args.metrics_json}")
+        _write_json(tmp["--metrics-json"], metrics)
+        lines.append(f"wrote the metrics to {args.metrics_json}")
     if args.plot:
         from e3pot.plots import parity_plot
 
         (e_pred, e_ref, e_type), (f_pred, f_ref, f_type) = data["energy_per_atom"], data["forces"]
         if not errors.typed:
             e_type = f_type = None
-        parity_plot(args.plot, e_pred, e_ref, f_pred, f_ref, e_type, f_type)
-        print(f"wrote the parity plot to {args.plot}")
+        parity_plot(tmp["--plot"], e_pred, e_ref, f_pred, f_ref, e_type, f_type)
+        lines.append(f"wrote the parity plot to {args.plot}")
+    return "\n".join(lines)
 
 
 def _write_json(path: str, payload: dict) -> None:
-    """Write ``payload`` as JSON: the file appears complete or not at all."""
-    tmp = f"{path}.partial"
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2, ensure_ascii=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write ``payload`` as strict JSON (no NaN or infinity: missing values are null)."""
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, indent=2, ensure_ascii=False, allow_nan=False)
+        fh.write("\n")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -365,10 +459,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     tune_allocator()
     from e3pot.data.io import DataError
+    from e3pot.files import OutputError
     from e3pot.plots import MissingMatplotlib
 
     try:
         return run(args)
-    except (DataError, FileNotFoundError, ValueError, MemoryError, MissingMatplotlib) as exc:
-        print(f"e3pot predict: error: {exc}", file=sys.stderr)
+    except (OutputError, DataError, OSError, ValueError, MemoryError, MissingMatplotlib) as exc:
+        print(f"e3pot predict: error: {_one_line(exc)}", file=sys.stderr)
         return 2
