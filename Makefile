@@ -9,7 +9,8 @@ E3POT_ENV ?= .venv
 export E3POT_ENV
 
 ifeq ($(E3POT_ENV),active)
-RUN := python
+# the interpreter that scripts/setup_env.sh sets up: python, else python3
+RUN := $(or $(shell command -v python || command -v python3),python3)
 else
 RUN := $(E3POT_ENV)/bin/python
 endif

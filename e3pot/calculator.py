@@ -10,7 +10,9 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from e3pot.allocator import tune_allocator
 from e3pot.data.graph import collate
 from e3pot.data.neighbors import SpeciesMap, VerletList, atoms_to_graph
-from e3pot.model.runtime import check_finite, load_any, run_model
+from e3pot.model.chunked import check_budget, warn_if_not_chunkable
+from e3pot.model.compiled import CompiledModel
+from e3pot.model.runtime import check_device, check_finite, load_any, run_model
 
 
 class E3PotCalculator(Calculator):
@@ -19,11 +21,13 @@ class E3PotCalculator(Calculator):
     Args:
         model: path (str or ``pathlib.Path``) of a model file (``model.pt``) or TorchScript export,
             or a loaded model.
-        device: "cpu" or "cuda".
+        device: "cpu", "cuda" or "cuda:N"; anything else, or a GPU that torch cannot use, is a ValueError.
         dtype: "float32" or "float64"; default: the dtype the model was trained in.
         memory_budget: GiB that one evaluation may use; a structure that needs more is evaluated in
             chunks (same result, about 1.0-1.3x the time per atom). Default: 6 GiB on the CPU (at most
-            60% of the free memory), 60% of the free GPU memory on CUDA; see :mod:`e3pot.model.chunked`.
+            60% of the free memory), 60% of the free GPU memory on CUDA, or ``E3POT_MEMORY_BUDGET`` (GiB) if set;
+            see :mod:`e3pot.model.chunked`. A model kind that is never chunked (``egnn``) ignores it, with a
+            warning.
         skin: Å. With ``skin > 0`` the neighbour list is built with cutoff ``r_max + skin`` and reused
             until an atom has moved more than ``skin / 2`` (or the cell or the atoms change); forces
             are those of a fresh list. ``0`` (default) rebuilds it at every call.
@@ -45,18 +49,18 @@ class E3PotCalculator(Calculator):
                  memory_budget: Optional[float] = None, skin: float = 0.0, compile: bool = False,
                  threads: Optional[int] = None, **kwargs):
         super().__init__(**kwargs)
-        if memory_budget is not None and not memory_budget > 0:
-            raise ValueError(f"memory_budget must be a positive number of GiB, got {memory_budget}")
+        check_budget(memory_budget)  # memory_budget, and E3POT_MEMORY_BUDGET whether or not it is used
         if not skin >= 0:
             raise ValueError(f"skin must be >= 0 Å, got {skin}")
         if threads is not None:
             if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
                 raise ValueError(f"threads must be a positive integer, got {threads!r}")
             torch.set_num_threads(threads)
-        if torch.device(device).type == "cpu":
+        self.device = check_device(device)
+        if self.device.type == "cpu":
             tune_allocator()
         self.model = load_any(model, device=device, dtype=dtype, compile=compile)
-        self.device = torch.device(device)
+        warn_if_not_chunkable(self.model.model if isinstance(self.model, CompiledModel) else self.model, memory_budget)
         self.dtype = self.model.dtype
         self.r_max = float(self.model.r_max)
         self.species = SpeciesMap(self.model.atomic_numbers)

@@ -5,6 +5,11 @@
 #   bash scripts/setup_env.sh            # uses ./.venv (made if absent)
 #   E3POT_ENV=active bash scripts/setup_env.sh   # uses the python of the active environment
 #
+# With E3POT_ENV=active the interpreter is the first of python, python3 on PATH (the Makefile runs the
+# same one). An interpreter that its operating system manages (PEP 668: an EXTERNALLY-MANAGED file,
+# outside a virtual environment) is refused before anything is installed, unless what e3pot needs
+# is importable there already.
+#
 # Variables: E3POT_ENV (venv path, or "active"; default .venv), PYTHON (interpreter that makes the
 # venv; default python3), TORCH_VERSION (default 2.13.0), TORCH_BUILD (cpu, cuda or auto; default
 # auto), TORCH_CPU_INDEX (where pip finds CPU builds of torch).
@@ -42,8 +47,27 @@ if [ ! -x "$py" ]; then
 fi
 say "using $py ($("$py" --version 2>&1))"
 
+need_torch=""
+"$py" -c 'import torch' 2>/dev/null || need_torch=1
+need_e3pot=1
+[ -z "$stamp" ] && "$py" -c 'import e3pot, pytest' 2>/dev/null && need_e3pot=""
+
+# PEP 668: pip refuses to install into an interpreter that the operating system manages
+if [ -n "$need_torch$need_e3pot" ] && "$py" - <<'PY'
+import os, sys, sysconfig
+managed = os.path.isfile(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED"))
+sys.exit(0 if managed and sys.prefix == sys.base_prefix else 1)
+PY
+then
+  say "$py is a Python that the operating system manages (PEP 668: externally managed), outside any"
+  say "virtual environment, and pip will not install e3pot into it. Activate a virtual environment"
+  say "(python3 -m venv ~/venvs/e3pot && . ~/venvs/e3pot/bin/activate) and run again, or leave"
+  say "E3POT_ENV unset to use the default ./.venv (make test)."
+  exit 1
+fi
+
 # torch first: anything that depends on it would otherwise pull the default build.
-if "$py" -c 'import torch' 2>/dev/null; then
+if [ -z "$need_torch" ]; then
   say "torch $("$py" -c 'import torch; print(torch.__version__)') is already installed: kept"
 else
   if [ "$TORCH_BUILD" = auto ]; then
@@ -68,7 +92,7 @@ else
   fi
 fi
 
-if [ -z "$stamp" ] && "$py" -c 'import e3pot, pytest' 2>/dev/null; then
+if [ -z "$need_e3pot" ]; then
   say "e3pot and pytest are already importable: nothing to install"
 else
   say "installing e3pot (editable) with its test extra"

@@ -14,7 +14,9 @@ needs the double backward that only the direct path keeps.
 """
 from __future__ import annotations
 
+import math
 import os
+import warnings
 import weakref
 from typing import List, NamedTuple, Optional, Tuple
 
@@ -126,23 +128,120 @@ def available_memory(device: torch.device) -> float:
     return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) / 2
 
 
+BUDGET_ENV = "E3POT_MEMORY_BUDGET"
+
+
+def budget_from_env() -> Optional[float]:
+    """``E3POT_MEMORY_BUDGET`` in GiB, or None when it is unset or empty.
+
+    Raises ValueError when it is set to anything but a positive number."""
+    raw = os.environ.get(BUDGET_ENV, "")
+    if not raw.strip():
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise ValueError(f"{BUDGET_ENV} must be a positive number of GiB (say {BUDGET_ENV}=4), got {raw!r}; "
+                         f"unset it for the default budget")
+    return value
+
+
+def check_budget(memory_budget: Optional[float]) -> Optional[float]:
+    """The memory budget in force, in GiB: ``memory_budget`` if given, else ``E3POT_MEMORY_BUDGET``, else
+    None (the default of :func:`default_budget`). Both are checked, whichever is used: a bad value of
+    either raises ValueError naming it, for a molecule as for a large structure."""
+    from_env = budget_from_env()
+    if memory_budget is None:
+        return from_env
+    try:
+        value = float(memory_budget)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if isinstance(memory_budget, bool) or not value > 0:
+        raise ValueError(f"memory_budget must be a positive number of GiB, got {memory_budget!r}")
+    return value
+
+
+def format_gib(gib: float) -> str:
+    """A size in GiB to three significant figures, never in exponent notation and never shown as 0:
+    ``0.00123 GiB``, ``1.5 GiB``, ``123 GiB``."""
+    if not math.isfinite(gib):
+        return f"{gib} GiB"
+    if gib <= 0:
+        return "0 GiB"
+    if gib >= 100:
+        return f"{gib:.0f} GiB"
+    text = f"{gib:.{2 - math.floor(math.log10(gib))}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return f"{text} GiB"
+
+
+def _subject(graph: AtomicGraph, n_atoms: int, n_edges: int) -> str:
+    """What is evaluated, in words: one structure, or a batch of several."""
+    n_graphs = graph.cell.shape[0]
+    if n_graphs > 1:
+        return f"a batch of {n_graphs} structures ({n_atoms} atoms, {n_edges} edges)"
+    return f"a structure of {n_atoms} atoms and {n_edges} edges"
+
+
+BATCH_ADVICE = ("evaluate fewer structures at a time (a smaller --batch-size in e3pot predict, batch_size= in "
+                "predict)")
+
+
+def model_kind(model) -> str:
+    """The kind of ``model`` (``e3``, ``cartesian``, ``egnn``; see :mod:`e3pot.model.kinds`), for messages."""
+    for source in (model, getattr(model, "model", None), _potential(model)):
+        kind = getattr(source, "kind", None)
+        if isinstance(kind, str) and kind != "base":
+            return kind
+        config = getattr(source, "config", None) or {}
+        if isinstance(config, dict) and isinstance(config.get("kind"), str):
+            return config["kind"]
+    metadata = getattr(model, "metadata", None) or {}  # ExportedModel: the model's config travels in the archive
+    kind = (metadata.get("config") or {}).get("kind") if isinstance(metadata, dict) else None
+    return kind if isinstance(kind, str) else type(_potential(model)).__name__
+
+
+_WARNED: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def warn_if_not_chunkable(model, memory_budget: Optional[float], once: bool = False) -> None:
+    """Warn that a memory budget given explicitly has no effect on ``model``, whose kind is always
+    evaluated in one piece. With ``once=True``, only if no warning was given for this model yet."""
+    if memory_budget is None or chunkable(model):
+        return
+    pot = _potential(model)
+    try:
+        if once and pot in _WARNED:
+            return
+        _WARNED.add(pot)
+    except TypeError:  # not weakly referenceable: warn every time rather than never
+        pass
+    warnings.warn(f"memory_budget={memory_budget} has no effect: a model of kind {model_kind(model)!r} cannot be "
+                  "evaluated in chunks and is always evaluated in one piece, whatever the budget; to bound the "
+                  f"memory, {BATCH_ADVICE}", UserWarning, stacklevel=3)
+
+
 def default_budget(device: torch.device) -> float:
     """The default memory budget in GiB: ``E3POT_MEMORY_BUDGET`` if set; on CUDA 60% of the GPU's free
     memory; on the CPU 6 GiB or 60% of the free memory if that is less."""
-    env = os.environ.get("E3POT_MEMORY_BUDGET")
-    if env:
-        try:
-            return float(env)
-        except ValueError:
-            raise ValueError(f"E3POT_MEMORY_BUDGET must be a number of GiB, got {env!r}") from None
+    env = budget_from_env()
+    if env is not None:
+        return env
     free = 0.6 * available_memory(device) / GIB
     return free if device.type == "cuda" else min(CPU_BUDGET_GIB, free)
 
 
 def plan(model, graph: AtomicGraph, compute_stress: bool, memory_budget: Optional[float] = None) -> Optional[int]:
-    """Edges per chunk for evaluating ``graph`` within ``memory_budget`` GiB, or None for the direct path.
+    """Edges per chunk for evaluating ``graph`` within ``memory_budget`` GiB (default: ``E3POT_MEMORY_BUDGET``,
+    else :func:`default_budget`), or None for the direct path.
 
-    Raises :class:`MemoryBudgetError` when even the chunked path would exceed the budget."""
+    Raises ValueError for a budget (``memory_budget`` or ``E3POT_MEMORY_BUDGET``) that is not a positive
+    number, and :class:`MemoryBudgetError` when even the chunked path would exceed the budget."""
+    memory_budget = check_budget(memory_budget)
     if not chunkable(model):
         return None
     n_atoms, n_edges = graph.positions.shape[0], graph.edge_index.shape[1]
@@ -150,9 +249,7 @@ def plan(model, graph: AtomicGraph, compute_stress: bool, memory_budget: Optiona
     fp = footprint(model, _potential(model).energy_scale.element_size())
     if memory_budget is None and fp.direct(n_atoms, n_edges) <= SMALL_GIB * GIB:
         return None  # molecules in MD: no system call per step
-    budget = (default_budget(device) if memory_budget is None else float(memory_budget)) * GIB
-    if budget <= 0:
-        raise ValueError(f"memory_budget must be positive, got {memory_budget} GiB")
+    budget = (default_budget(device) if memory_budget is None else memory_budget) * GIB
     if fp.direct(n_atoms, n_edges) <= budget:
         return None
     room = min(budget - fp.kept(n_atoms, n_edges), CHUNK_GIB.get(device.type, CHUNK_GIB["cpu"]) * GIB)
@@ -160,11 +257,13 @@ def plan(model, graph: AtomicGraph, compute_stress: bool, memory_budget: Optiona
     smallest = int(MIN_CHUNK_ATOMS * per_atom_edges)
     if room < fp.chunk_per_edge * smallest:
         need = fp.kept(n_atoms, n_edges) + fp.chunk_per_edge * smallest
+        batch = graph.cell.shape[0] > 1
         raise MemoryBudgetError(
-            f"a structure of {n_atoms} atoms and {n_edges} edges needs about {need / GIB:.1f} GiB even when "
-            f"evaluated in chunks, more than the memory budget of {budget / GIB:.1f} GiB; raise the budget "
+            f"{_subject(graph, n_atoms, n_edges)} needs about {format_gib(need / GIB)} even when evaluated in "
+            f"chunks, more than the memory budget of {format_gib(budget / GIB)}; raise the budget "
             "(memory_budget= in the calculator and predict, --memory-budget in e3pot predict, or "
-            "E3POT_MEMORY_BUDGET=GiB), or run on a machine with more memory")
+            "E3POT_MEMORY_BUDGET=GiB)" + (f", {BATCH_ADVICE}" if batch else "")
+            + ", or run on a machine with more memory")
     return int(room / fp.chunk_per_edge)
 
 
@@ -172,18 +271,22 @@ def out_of_memory_message(model, graph: AtomicGraph, memory_budget: Optional[flo
     """What to say when the allocator fails: the estimate, the budget in force and how to lower it."""
     n_atoms, n_edges = graph.positions.shape[0], graph.edge_index.shape[1]
     device = graph.positions.device
-    budget = default_budget(device) if memory_budget is None else float(memory_budget)
+    subject = _subject(graph, n_atoms, n_edges)
+    batch = graph.cell.shape[0] > 1
+    free = format_gib(available_memory(device) / GIB)
     if not chunkable(model):
-        return (f"out of memory on {device.type} evaluating a structure of {n_atoms} atoms and {n_edges} edges, "
-                f"with {available_memory(device) / GIB:.1f} GiB free; this model kind cannot be evaluated in chunks: "
-                "evaluate fewer structures at a time, or run on a machine with more memory")
+        return (f"out of memory on {device.type} evaluating {subject}, with {free} free; this model kind "
+                f"({model_kind(model)}) cannot be evaluated in chunks: {BATCH_ADVICE}, or run on a machine with "
+                "more memory")
+    memory_budget = check_budget(memory_budget)
+    budget = default_budget(device) if memory_budget is None else memory_budget
     fp = footprint(model, _potential(model).energy_scale.element_size())
-    return (f"out of memory on {device.type} evaluating a structure of {n_atoms} atoms and {n_edges} edges "
-            f"with a memory budget of {budget:.1f} GiB (in one piece it needs about "
-            f"{fp.direct(n_atoms, n_edges) / GIB:.1f} GiB; in chunks at least "
-            f"{fp.kept(n_atoms, n_edges) / GIB:.1f} GiB), while only {available_memory(device) / GIB:.1f} GiB are "
-            "free now; lower the budget (memory_budget= in the calculator and predict, --memory-budget in "
-            "e3pot predict, or E3POT_MEMORY_BUDGET=GiB) so that the structure is evaluated in smaller chunks")
+    return (f"out of memory on {device.type} evaluating {subject} with a memory budget of {format_gib(budget)} "
+            f"(in one piece it needs about {format_gib(fp.direct(n_atoms, n_edges) / GIB)}; in chunks at least "
+            f"{format_gib(fp.kept(n_atoms, n_edges) / GIB)}), while only {free} are free now; lower the budget "
+            "(memory_budget= in the calculator and predict, --memory-budget in e3pot predict, or "
+            "E3POT_MEMORY_BUDGET=GiB) so that the " + ("batch" if batch else "structure")
+            + " is evaluated in smaller chunks" + (f", or {BATCH_ADVICE}" if batch else ""))
 
 
 def chunk_bounds(receiver: Tensor, n_atoms: int, chunk_edges: int) -> List[Tuple[int, int, int, int]]:

@@ -18,6 +18,8 @@ during it.
 from __future__ import annotations
 
 import copy
+import os
+import sys
 import warnings
 from typing import Callable, Dict, Optional, Tuple
 
@@ -66,11 +68,42 @@ def _inductor(gm: torch.fx.GraphModule, example_inputs):
     return compile_fx(gm, example_inputs, decompositions=table)
 
 
+def inductor_cache_dir() -> str:
+    """Where Inductor keeps its compiled kernels: ``TORCHINDUCTOR_CACHE_DIR`` if set, else its default
+    (``torchinductor_<user>`` in the temporary folder). Creates nothing."""
+    path = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if not path:
+        try:
+            from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+            path = default_cache_dir()
+        except ImportError:  # another torch layout: the same default, spelled out
+            import getpass
+            import tempfile
+
+            path = os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}")
+    return os.path.abspath(path)
+
+
+def compiling_message(what: str, device: torch.device) -> str:
+    """The note printed when a compilation starts: what is compiled, how long it takes, where the cache is."""
+    return (f"e3pot: compiling {what} on {torch.device(device).type} with torch.compile (Inductor): this "
+            "usually takes about a minute or two on a CPU the first time, less when Inductor's cache is warm "
+            f"(cache: {inductor_cache_dir()}; set TORCHINDUCTOR_CACHE_DIR to move it)")
+
+
+def announce_compilation(what: str, device: torch.device) -> None:
+    """Print :func:`compiling_message` on stderr (on the first process of a distributed run only)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return
+    print(compiling_message(what, device), file=sys.stderr, flush=True)
+
+
 class CompiledModel:
     """Wraps an eager ``E3Potential`` for inference with ``torch.compile``.
 
     Called like an exported model, ``compiled(graph, compute_stress)`` returns ``(energy, forces,
-    stress, atomic_energies)``. The first call of each kind compiles (see the module's notes); a
+    stress, atomic_energies)``. The first call of each kind compiles (see the module's notes) and says so on stderr; a
     graph with fewer than two atoms or two edges (sizes that the trace cannot keep symbolic) runs
     eagerly. ``model`` (the eager model) stays available, for the chunked path of structures too
     large for one call.
@@ -113,6 +146,9 @@ class CompiledModel:
         from torch.fx.experimental import _config as fx_config
         from torch.fx.experimental.proxy_tensor import make_fx
 
+        announce_compilation("energy and forces" + (" and stress" if compute_stress else "")
+                             + (" of one structure" if graph.cell.shape[0] == 1 else " of a batch"),
+                             graph.positions.device)
         # No "duck sizing": sizes that happen to be equal in the traced graph (say 3 structures and
         # the 3 Cartesian components) must stay independent symbols.
         with warnings.catch_warnings(), fx_config.patch(use_duck_shape=False):
@@ -187,6 +223,7 @@ class CompiledTrainingLoss:
 
         model, compute_stress, loss_fn = self.model, self.compute_stress, self.loss_fn
         n_params, n_graph = len(names), len(graph)
+        announce_compilation("the training loss and its gradients", graph.positions.device)
         keys: list = []
 
         def step(*args):
