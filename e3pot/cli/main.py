@@ -1,4 +1,4 @@
-"""The ``e3pot`` command: ``e3pot train|predict|preprocess|export|audit ...`` (also ``python -m e3pot``)."""
+"""The ``e3pot`` command: ``e3pot train|predict|preprocess|export|export-checkpoint|audit ...`` (also ``python -m e3pot``)."""
 from __future__ import annotations
 
 import sys
@@ -11,6 +11,7 @@ commands:
   predict   energies and forces for structures in ASE-readable files
   preprocess  structures and labels into an on-disk store for training on large datasets
   export    write a TorchScript model for deployment
+  export-checkpoint  write a model file from a training checkpoint (last.ckpt, best-*.ckpt)
   audit     check a model's symmetry, forces, smoothness at the cutoff and energy conservation
 
 Run 'e3pot COMMAND --help' for the options of a command."""
@@ -38,6 +39,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from e3pot.cli.export import main as export_main
 
         return export_main(rest)
+    if command == "export-checkpoint":
+        from e3pot.cli.export_checkpoint import main as export_checkpoint_main
+
+        return export_checkpoint_main(rest)
     if command == "audit":
         from e3pot.cli.audit import main as audit_main
 

@@ -18,6 +18,7 @@ from e3nn.util.jit import compile_mode
 from torch import Tensor, nn
 
 from e3pot.data.graph import AtomicGraph
+from e3pot.files import atomic_output
 from e3pot.model.forces import Conservative
 from e3pot.model.io import dtype_name
 
@@ -37,7 +38,11 @@ class _Exported(nn.Module):
 
 
 def export_model(model, path: str, metadata: Optional[Dict[str, Any]] = None) -> str:
-    """Write ``model`` (an ``E3Potential``) as a TorchScript archive at ``path``."""
+    """Write ``model`` (an ``E3Potential``) as a TorchScript archive at ``path``.
+
+    The archive is written to a temporary file next to ``path`` and moved over it when complete (an
+    existing file is replaced: commands check ``--overwrite`` themselves, see :mod:`e3pot.files`).
+    """
     from e3pot import __version__
 
     model = copy.deepcopy(model).eval()
@@ -51,7 +56,8 @@ def export_model(model, path: str, metadata: Optional[Dict[str, Any]] = None) ->
         "config": dict(model.config), "metadata": dict(metadata or getattr(model, "metadata", {}) or {}),
     }
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    torch.jit.save(scripted, path, _extra_files={METADATA_FILE: json.dumps(info)})
+    with atomic_output(path) as tmp:
+        torch.jit.save(scripted, tmp, _extra_files={METADATA_FILE: json.dumps(info)})
     return path
 
 
