@@ -254,7 +254,7 @@ def plan(model, graph: AtomicGraph, compute_stress: bool, memory_budget: Optiona
         return None
     room = min(budget - fp.kept(n_atoms, n_edges), CHUNK_GIB.get(device.type, CHUNK_GIB["cpu"]) * GIB)
     per_atom_edges = max(1.0, n_edges / max(n_atoms, 1))
-    smallest = int(MIN_CHUNK_ATOMS * per_atom_edges)
+    smallest = min(int(MIN_CHUNK_ATOMS * per_atom_edges), n_edges)  # the smallest useful chunk
     if room < fp.chunk_per_edge * smallest:
         need = fp.kept(n_atoms, n_edges) + fp.chunk_per_edge * smallest
         batch = graph.cell.shape[0] > 1
