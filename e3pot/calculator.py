@@ -33,7 +33,7 @@ class E3PotCalculator(Calculator):
             are those of a fresh list. ``0`` (default) rebuilds it at every call.
         compile: run energy, forces and stress as one compiled graph (:mod:`e3pot.model.compiled`):
             several times faster for small molecules, after a compilation of tens of seconds to minutes
-            at the first call. Needs a model file, not a TorchScript export.
+            at the first call, which is announced on stderr. Needs a model file, not a TorchScript export.
         threads: sets torch's number of CPU threads for the whole process (``torch.set_num_threads``);
             default: torch's own (one per core). For molecules of a few dozen atoms, 1-2 threads are as
             fast as more.

@@ -86,7 +86,7 @@ def test_a_budget_for_an_egnn_says_it_is_ignored(ethanol):
         warnings.simplefilter("error")  # no budget given: nothing to say
         E3PotCalculator(model).get_potential_energy(ethanol)
         predict(model, [ethanol])
-    with pytest.warns(UserWarning, match=r"memory_budget=2\.0 has no effect.*kind 'egnn'.*always evaluated in one piece"):
+    with pytest.warns(UserWarning, match=r"memory budget of 2\.0 GiB .*has no effect.*kind 'egnn'.*always evaluated in one piece"):
         calc = E3PotCalculator(model, memory_budget=2.0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # said once, at set-up: not again at each step

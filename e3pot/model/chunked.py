@@ -220,9 +220,9 @@ def warn_if_not_chunkable(model, memory_budget: Optional[float], once: bool = Fa
         _WARNED.add(pot)
     except TypeError:  # not weakly referenceable: warn every time rather than never
         pass
-    warnings.warn(f"memory_budget={memory_budget} has no effect: a model of kind {model_kind(model)!r} cannot be "
-                  "evaluated in chunks and is always evaluated in one piece, whatever the budget; to bound the "
-                  f"memory, {BATCH_ADVICE}", UserWarning, stacklevel=3)
+    warnings.warn(f"the memory budget of {memory_budget} GiB (memory_budget=, --memory-budget) has no effect: a "
+                  f"model of kind {model_kind(model)!r} cannot be evaluated in chunks and is always evaluated in one "
+                  f"piece, whatever the budget; to bound its memory, {BATCH_ADVICE}", UserWarning, stacklevel=3)
 
 
 def default_budget(device: torch.device) -> float:

@@ -93,7 +93,8 @@ def evaluate(model: nn.Module, graph: AtomicGraph, compute_stress: bool = False,
     back-propagated (double backward). ``memory_budget`` (GiB; default: see
     :func:`e3pot.model.chunked.default_budget`) bounds the memory of inference: a graph whose
     direct evaluation would exceed it is evaluated in chunks of receiving atoms, with the same
-    result (see :mod:`e3pot.model.chunked`).
+    result (see :mod:`e3pot.model.chunked`). A ``memory_budget`` or ``E3POT_MEMORY_BUDGET`` that is not a
+    positive number of GiB is a ValueError, whatever the size of the graph.
     """
     if not training:
         from e3pot.model.chunked import plan, chunked_evaluate
