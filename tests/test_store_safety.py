@@ -228,6 +228,25 @@ def test_nan_positions_in_a_dataloader_worker_are_one_line(store):
         "for frame 2" in text
 
 
+def test_training_from_a_damaged_store_says_so_in_one_line(store, tmp_path, capsys, monkeypatch):
+    from e3pot.train.cli import run
+
+    for frame in range(6):
+        poison(store, frame)
+    monkeypatch.chdir(tmp_path)
+    rc = run(["--config", os.path.join(ROOT, "configs", "example.yaml"), "--data.train_file", store,
+              "--data.num_workers", "1", "--trainer.max_epochs", "1", "--model.l_max", "0", "--model.num_features", "4",
+              "--model.num_layers", "1", "--model.radial_hidden", "8", "--trainer.enable_progress_bar", "false",
+              "--trainer.enable_model_summary", "false", "--output", str(tmp_path / "m.pt")], prog="e3pot train")
+    assert rc == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "Traceback" not in err and "worker process" not in err, err
+    assert errors[0].startswith(f"e3pot train: error: store {store}: {os.path.join(store, 'positions.bin')} holds "
+                                "non-finite positions (NaN or infinite) for frame ")
+    assert not os.path.exists(tmp_path / "m.pt")
+
+
 # -- the canary test --------------------------------------------------------------------------------
 
 CANARIES = ["out.pt.tmp", ".out.pt.partial", "out.pt.partial-1", ".out.pt.tmp", "model.pt.tmp", ".model.pt.partial",

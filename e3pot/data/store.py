@@ -301,7 +301,8 @@ class FrameStore:
     def _origin(self, k: int) -> str:
         """The input file and frame that frame ``k`` was made from."""
         try:
-            return f"{self.meta['sources'][int(self.array('source_file')[k])]}, frame {int(self.array('source_frame')[k])}"
+            name = self.meta["sources"][int(self.array("source_file")[k])]
+            return f"{name}, frame {int(self.array('source_frame')[k])}"
         except (IndexError, TypeError, ValueError):
             return "source unknown"
 
