@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import sys
 import warnings
 from typing import List, Optional
 
-from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import CSVLogger
 
@@ -18,21 +19,42 @@ from e3pot.train.datamodule import E3PotDataModule
 from e3pot.train.module import E3PotModule, TrainingError
 
 
+class ValidatedEarlyStopping(EarlyStopping):
+    """Early stopping that waits for the first validation: a run shorter than one epoch
+    (``--trainer.max_steps 3``) ends with no validation metric yet, and still writes its model."""
+
+    def _run_early_stopping_check(self, trainer) -> None:
+        if self.monitor not in trainer.callback_metrics and not any(
+                key.startswith("val/") for key in trainer.callback_metrics):
+            return
+        super()._run_early_stopping_check(trainer)
+
+
 class E3PotCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.r_max", "data.r_max")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.monitor": "val/loss", "checkpoint.save_last": True,
                              "checkpoint.filename": "best-{epoch:04d}", "checkpoint.mode": "min"})
-        parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+        parser.add_lightning_class_args(ValidatedEarlyStopping, "early_stopping")
         parser.set_defaults({"early_stopping.monitor": "val/loss", "early_stopping.patience": 100,
                              "early_stopping.mode": "min"})
         parser.add_argument("--output", type=Optional[str], default=None,
                             help="where to write the trained model (default: <run dir>/model.pt)")
+        parser.add_argument("--overwrite", action="store_true",
+                            help="replace the --output model file if it exists (without it an existing file is "
+                                 "refused before training starts; the output is never one of the inputs)")
         parser.add_argument("--resume", type=Optional[str], default=None,
                             help="checkpoint to resume from, or 'last' for the newest last.ckpt of this run name")
         parser.add_argument("--debug", action="store_true",
                             help="show the full traceback of an error (also: E3POT_DEBUG=1)")
+
+    def _set_seed(self) -> None:
+        seed = self._get(self.config, "seed_everything")
+        if not isinstance(seed, bool) and isinstance(seed, int) and not 0 <= seed <= 2**32 - 1:
+            raise ValueError(f"--seed_everything must be between 0 and {2**32 - 1} (or true for a random seed, "
+                             f"false for none), got {seed}")
+        super()._set_seed()
 
 
 def _find_last(root: str) -> str:
@@ -60,11 +82,55 @@ DATA = ("train_file", "val_file", "val_fraction", "n_val", "n_train", "split_see
         "forces_key", "stress_key", "energy_unit", "length_unit", "stress_unit")
 
 
+def read_checkpoint(path: str) -> dict:
+    """A training checkpoint written by ``train.py``, or a ValueError that says what the file is instead."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a checkpoint with non-tensor state; Lightning loads it the same way
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001
+            raise ValueError(f"--resume {path}: not a training checkpoint (torch cannot read it: "
+                             f"{type(exc).__name__})") from None
+    where = ("--resume takes the checkpoint of a run: runs/<name>/version_N/checkpoints/last.ckpt, "
+             "or 'last' for the newest of this run name")
+    if isinstance(ckpt, dict) and ckpt.get("format") == "e3pot-model":
+        raise ValueError(f"--resume {path} is an e3pot model file, not a training checkpoint; {where}")
+    if not isinstance(ckpt, dict) or "pytorch-lightning_version" not in ckpt or "state_dict" not in ckpt:
+        raise ValueError(f"--resume {path} is not a training checkpoint written by train.py; {where}")
+    return ckpt
+
+
+def check_output_path(output: str, overwrite: bool, inputs: List[str]) -> None:
+    """The rule of :mod:`e3pot.files` for ``--output``, checked before training starts."""
+    from e3pot.files import OutputError, same_file
+
+    for source in inputs:
+        if source and same_file(output, source):
+            raise OutputError(f"--output {output} is also an input ({source}); write the model to another file")
+    if os.path.isdir(output):
+        raise OutputError(f"--output {output} is a folder; give a file name (for example "
+                          f"{os.path.join(output, 'model.pt')})")
+    if os.path.lexists(output) and not overwrite:
+        raise OutputError(f"--output {output} exists; pass --overwrite to replace it, or choose another name")
+    folder = os.path.dirname(os.path.abspath(output))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"--output {output}: cannot make the folder {folder} ({exc.strerror})") from None
+    if not os.access(folder, os.W_OK):
+        raise OutputError(f"--output {output}: cannot write in the folder {folder} (permission denied)")
+
+
 def check_resume(path: str, module, data) -> None:
     """Refuse to resume when the model or data settings differ from the checkpoint's; warn for others."""
     import torch
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(path)
     saved = {f"model.{k}": v for k, v in ckpt.get("hyper_parameters", {}).items()}
     saved.update({f"data.{k}": v for k, v in ckpt.get("datamodule_hyper_parameters", {}).items()})
     now = {f"model.{k}": v for k, v in module.hparams.items()}
@@ -122,6 +188,25 @@ def check_finite_weights(model) -> None:
         raise TrainingError(f"the trained weights are not finite ({', '.join(bad[:5])}); no model file written")
 
 
+class _NoAdvertisements(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in str(record.msg)
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's messages about what e3pot handles itself, so that real warnings are seen:
+    the batch-transfer hooks are overridden on purpose; epoch metrics are reduced over the processes
+    by the module (:meth:`E3PotModule._log_metrics`), not by ``sync_dist``; and no advertisement."""
+    warnings.filterwarnings("ignore", message=".*overridden `on_(before|after)_batch_transfer`.*")
+    warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")  # epoch-level metrics only
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero",
+                 "lightning.pytorch.utilities.rank_zero", "pytorch_lightning", "lightning_fabric"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoAdvertisements) for f in logger.filters):
+            logger.addFilter(_NoAdvertisements())
+
+
 def run(args: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
     """Entry point of ``train.py`` and ``e3pot train``: an error prints its message, not a traceback
     (``--debug`` or ``E3POT_DEBUG=1`` shows the traceback). Returns the exit code."""
@@ -133,7 +218,7 @@ def run(args: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
     except Exception as exc:  # noqa: BLE001 - every failure gets a one-line message
         if debug:
             raise
-        known = isinstance(exc, (DataError, ValueError, FileNotFoundError, TrainingError))
+        known = isinstance(exc, (DataError, ValueError, FileNotFoundError, TrainingError))  # OutputError is a ValueError
         message = str(exc) if known else f"{type(exc).__name__}: {exc}"
         print(f"{prog or 'train.py'}: error: {message}\n(run again with --debug for the full traceback)",
               file=sys.stderr)
@@ -144,7 +229,7 @@ def run(args: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
 def main(args: Optional[List[str]] = None, prog: Optional[str] = None) -> str:
     """Train, then write the EMA weights of the best checkpoint as a standalone model file."""
     tune_allocator()
-    warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
+    quiet_lightning()
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
     cli = E3PotCLI(
@@ -154,7 +239,6 @@ def main(args: Optional[List[str]] = None, prog: Optional[str] = None) -> str:
             "inference_mode": False,  # validation needs autograd for forces
             "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger",
                        "init_args": {"save_dir": "runs", "name": "e3pot"}},
-            "callbacks": [LearningRateMonitor(logging_interval="epoch")],
             "gradient_clip_val": 10.0,
             "log_every_n_steps": 10,
         },
@@ -162,6 +246,10 @@ def main(args: Optional[List[str]] = None, prog: Optional[str] = None) -> str:
     )
     trainer, module, data = cli.trainer, cli.model, cli.datamodule
     resume = cli.config.get("resume")
+    if cli.config.get("output"):
+        e0s = module.hparams.e0s if isinstance(module.hparams.e0s, str) and module.hparams.e0s != "fit" else None
+        check_output_path(cli.config["output"], bool(cli.config.get("overwrite")),
+                          [data.train_file, data.val_file, e0s, resume if resume != "last" else None])
     if resume == "last":
         logger = trainer.logger
         resume = _find_last(os.path.join(logger.save_dir, logger.name) if logger else trainer.default_root_dir)

@@ -1,6 +1,7 @@
 """Reading, splitting and batching training data for Lightning."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import List, Optional
 
@@ -78,8 +79,24 @@ class E3PotDataModule(pl.LightningDataModule):
         """A side of the data: ("store", store, frame indices) or ("frames", list of frames)."""
         if is_store(path):
             store = FrameStore(path)
+            self._check_store_labels(store)
             return ("store", store, np.arange(len(store)))
         return ("frames", read_frames(path, self.labels))
+
+    def _check_store_labels(self, store: FrameStore) -> None:
+        """A store holds labels already read and converted to eV and Å by ``e3pot preprocess``: a label
+        option set here that differs from the one the store was made with would be silently ignored."""
+        saved = store.meta.get("labels", {})
+        conflicts = []
+        for field in dataclasses.fields(LabelSpec):
+            given = getattr(self.labels, field.name)
+            if given != field.default and saved.get(field.name, field.default) != given:
+                made = saved.get(field.name, field.default) if field.name in saved else "(not recorded)"
+                conflicts.append(f"data.{field.name} is {given!r} here, but the store was made with {made!r}")
+        if conflicts:
+            raise DataError(f"{store.path}: " + "; ".join(conflicts) + ". A store's labels were converted once, "
+                            "when it was made (to eV, Å, eV/Å); leave these options out or set them as the store "
+                            "was made, or make the store again with e3pot preprocess and the units of the source")
 
     @staticmethod
     def _size(side) -> int:

@@ -31,11 +31,26 @@ def weighted_loss(pred: Prediction, labels: Labels, energy_weight: float, forces
 class ErrorMetrics:
     """Accumulates absolute and squared errors on the device (no syncs until :meth:`compute`)."""
 
+    LOSSES = ("loss", "energy", "forces", "stress")
+
     def __init__(self):
         self.sums: Dict[str, Tensor] = {}
+        self.loss_sums: Dict[str, Tensor] = {}  # per loss term: [sum of batch mean x batch size, structures]
 
     def reset(self) -> None:
         self.sums = {}
+        self.loss_sums = {}
+
+    def add_losses(self, parts: Dict[str, Tensor], n_structures: int) -> None:
+        """Add a batch's loss terms, weighted by its number of structures (as Lightning's epoch mean)."""
+        for name, value in parts.items():
+            new = torch.stack([value.detach().double() * n_structures,
+                               torch.tensor(float(n_structures), dtype=torch.float64, device=value.device)])
+            self.loss_sums[name] = self.loss_sums[name] + new if name in self.loss_sums else new
+
+    def losses(self) -> Dict[str, float]:
+        """The epoch's mean of each loss term over structures."""
+        return {name: float(s[0] / s[1]) for name, s in self.loss_sums.items() if float(s[1]) > 0}
 
     def _add(self, name: str, err: Tensor) -> None:
         err = err.detach().double()
@@ -50,17 +65,24 @@ class ErrorMetrics:
         self._add("f", (pred.forces - labels.forces).reshape(-1))
 
     def all_reduce(self) -> None:
-        """Sum the accumulated errors over the processes of a distributed run (every rank must call it)."""
+        """Sum the accumulated errors and losses over the processes of a distributed run, in one
+        collective of a fixed size (every rank must call it, whatever it has accumulated)."""
         import torch.distributed as dist
 
-        for key in ("e", "e_atom", "f"):
-            local = self.sums.get(key)
-            total = torch.zeros(4, dtype=torch.float64) if local is None else local.clone()
-            if local is None and self.sums:
-                total = total.to(next(iter(self.sums.values())).device)
-            dist.all_reduce(total)
-            if float(total[3]) > 0:
-                self.sums[key] = total
+        device = next(iter([*self.sums.values(), *self.loss_sums.values()]), torch.zeros(())).device
+        zeros = {4: torch.zeros(4, dtype=torch.float64, device=device),
+                 2: torch.zeros(2, dtype=torch.float64, device=device)}
+        parts = [self.sums.get(key, zeros[4]) for key in ("e", "e_atom", "f")]
+        parts += [self.loss_sums.get(key, zeros[2]) for key in self.LOSSES]
+        total = torch.cat(parts)
+        dist.all_reduce(total)
+        for k, key in enumerate(("e", "e_atom", "f")):
+            if float(total[4 * k + 3]) > 0:
+                self.sums[key] = total[4 * k:4 * k + 4]
+        for k, key in enumerate(self.LOSSES):
+            chunk = total[12 + 2 * k:14 + 2 * k]
+            if float(chunk[1]) > 0:
+                self.loss_sums[key] = chunk
 
     def compute(self) -> Dict[str, float]:
         """MAE and RMSE in meV (per structure), meV/atom and meV/Å; for energies also the mean

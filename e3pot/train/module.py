@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Dict, List, Literal, Optional, Union
 
 import numpy as np
@@ -125,6 +126,9 @@ class E3PotModule(pl.LightningModule):
                             "a stress label (see data.stress_key)")
         fitted = dict(avg_num_neighbors=stats.avg_num_neighbors(dm.train_set), energy_shift=shift.tolist(),
                       energy_scale=stats.force_rms(dm.train_set))
+        warning = stats.implausible_units(dm.train_set, shift, fitted["energy_scale"])
+        if warning:
+            rank_zero_warn(f"{dm.train_file}: {warning}")
         self.potential = kinds.model_class(hp.kind)(z, **kinds.select(hp.kind, {**dict(hp), **fitted})).to(self.torch_dtype)
         self.ema = copy.deepcopy(self.potential).requires_grad_(False)
 
@@ -156,9 +160,9 @@ class E3PotModule(pl.LightningModule):
         if training and not bool(torch.isfinite(parts["loss"].detach())):
             return self._nonfinite_loss(float(parts["loss"]), index)
         self.metrics[stage].update(pred, labels)
-        for name, value in parts.items():
-            self.log(f"{stage}/{name}", value.detach(), batch_size=graph.n_graphs, on_step=False, on_epoch=True,
-                     prog_bar=(name == "loss"), sync_dist=True)
+        self.metrics[stage].add_losses({k: v.detach() for k, v in parts.items()}, graph.n_graphs)
+        if training:  # the running loss of this process, for the progress bar only (no collective)
+            self.log("loss", parts["loss"].detach(), on_step=True, on_epoch=False, prog_bar=True, logger=False)
         return parts["loss"]
 
     def _nonfinite_loss(self, loss: float, index) -> None:
@@ -191,14 +195,27 @@ class E3PotModule(pl.LightningModule):
             torch._foreach_lerp_(ema_p, list(self.potential.parameters()), 1.0 - decay)
 
     def _log_metrics(self, stage: str) -> None:
+        """Log the epoch's losses and errors over the frames of every process.
+
+        Under DDP this is the only collective of an epoch's logging, reached by every rank at the same
+        hook whatever the callbacks: the values are logged already reduced, without ``sync_dist``, so
+        that a progress bar (rank 0 only) reading them starts no collective of its own."""
+        metrics = self.metrics[stage]
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            self.metrics[stage].all_reduce()  # every rank reports the errors over all ranks' frames
-        for name, value in self.metrics[stage].compute().items():
-            self.log(f"{stage}/{name}", value, prog_bar=(name == "forces_mae_meV_A" and stage == "val"))
-        self.metrics[stage].reset()
+            metrics.all_reduce()
+        values = {**metrics.losses(), **metrics.compute()}
+        with warnings.catch_warnings():  # Lightning's advice to sync: these values are reduced already
+            warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+            for name, value in values.items():
+                self.log(f"{stage}/{name}", value, prog_bar=(stage == "val" and name in ("loss", "forces_mae_meV_A")))
+        metrics.reset()
 
     def on_train_epoch_end(self) -> None:
         self._log_metrics("train")
+        optimizer = self.optimizers(use_pl_optimizer=False)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+            self.log("lr", float(optimizer.param_groups[0]["lr"]))  # the same on every rank
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")

@@ -6,6 +6,34 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
+# Beyond these, labels in eV and Å are implausible (usually labels in meV or kcal/mol read as eV): the
+# force RMS of DFT training sets is of order 0.1-5 eV/Å; after the per-species shifts, the spread of
+# energies is well under 1 eV/atom; and no element's total energy per atom reaches 1e6 eV.
+PLAUSIBLE_FORCE_RMS = 30.0          # eV/Å
+PLAUSIBLE_ENERGY_SPREAD = 5.0       # eV/atom, RMS of per-atom energies about the fitted shifts
+PLAUSIBLE_SHIFT = 1e6               # eV/atom
+
+
+def implausible_units(dataset, shift: np.ndarray, force_rms_value: float) -> Optional[str]:
+    """A warning (or None) when the training labels look like another unit than eV and Å."""
+    cols = dataset.frame_columns()
+    has = np.isfinite(cols["energy"])
+    counts = np.asarray(cols["counts"], dtype=float)[has]
+    per_atom = (cols["energy"][has] - counts @ shift) / cols["n_atoms"][has]
+    spread = float(np.sqrt(np.mean(per_atom ** 2))) if len(per_atom) else 0.0
+    found = []
+    if force_rms_value > PLAUSIBLE_FORCE_RMS:
+        found.append(f"the forces have an RMS of {force_rms_value:.4g} eV/Å (DFT data: about 0.1-5)")
+    if spread > PLAUSIBLE_ENERGY_SPREAD:
+        found.append(f"the energies spread by {spread:.4g} eV/atom (RMS) about the per-species shifts "
+                     "(usually well under 1)")
+    if len(shift) and float(np.max(np.abs(shift))) > PLAUSIBLE_SHIFT:
+        found.append(f"the fitted per-atom energy shifts reach {float(np.max(np.abs(shift))):.4g} eV")
+    if not found:
+        return None
+    return ("the training labels do not look like eV and Å: " + "; ".join(found) + ". If the file's energies "
+            "are in meV, kcal/mol, kJ/mol or Hartree, set data.energy_unit (and data.length_unit for positions "
+            "in Bohr or nm)")
 
 
 def composition_matrix(dataset, n_species: int, indices: Optional[Sequence[int]] = None) -> np.ndarray:
