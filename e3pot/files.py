@@ -44,7 +44,7 @@ def check_output(path: str, option: str = "-o", *, inputs: Sequence[str] = (), o
         if source and same_file(path, source):
             raise OutputError(f"{option} {path} is also an input ({source}); write the output to another file")
     for other_option, other in others:
-        if other and other is not path and same_file(path, other):
+        if other and other_option != option and same_file(path, other):
             raise OutputError(f"{option} {path} and {other_option} {other} are the same file; give each its own")
     if os.path.isdir(path):
         raise OutputError(f"{option} {path} is a folder; give a file name (for example {os.path.join(path, 'out')})")

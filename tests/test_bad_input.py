@@ -147,11 +147,11 @@ def test_predict_refuses_bad_output_paths_before_any_work(model_file_64, tmp_pat
     write(src, [molecule("CH4")])
     cases = [
         (["-o", str(tmp_path / "p.cif")], "names no format this command writes"),
-        (["-o", str(tmp_path / "same.extxyz"), "--csv", str(tmp_path / "same.extxyz")], "is the same file as -o"),
-        (["-o", str(tmp_path)], "is a directory"),
-        (["-o", str(tmp_path / "p.extxyz"), "--csv", str(tmp_path)], "is a directory"),
+        (["-o", str(tmp_path / "same.extxyz"), "--csv", str(tmp_path / "same.extxyz")], "are the same file"),
+        (["-o", str(tmp_path)], "is a folder"),
+        (["-o", str(tmp_path / "p.extxyz"), "--csv", str(tmp_path)], "is a folder"),
         (["-o", str(tmp_path / "missing" / "p.extxyz")], "does not exist"),
-        (["-o", src], "is also an input file"),
+        (["-o", src], "is also an input"),
     ]
     for extra, message in cases:
         assert predict_main([model_file_64, src, "--no-progress", *extra]) == 2, extra

@@ -229,3 +229,22 @@ def test_labels_in_mev_read_as_ev_are_flagged(tmp_path):
             assert "data.energy_unit" in warning
         else:
             assert warning is None
+
+
+def test_checkpoints_carry_the_model_description(tmp_path, small_data):
+    """A checkpoint alone gives a model file (the training data may be gone)."""
+    import torch
+
+    from e3pot.cli.export_checkpoint import MODEL_KEY
+    from e3pot.cli.main import main as e3pot_main
+
+    path = in_folder(tmp_path, small_data + ["--trainer.max_epochs", "1", "--output", "m.pt"])
+    (last,) = glob.glob(str(tmp_path / "runs" / "*" / "version_*" / "checkpoints" / "last.ckpt"))
+    assert MODEL_KEY in torch.load(last, map_location="cpu", weights_only=True)
+    os.remove(tmp_path / "data.extxyz")
+    out = str(tmp_path / "from_ckpt.pt")
+    assert e3pot_main(["export-checkpoint", last, "-o", out]) == 0
+    got, ref = e3pot.load_model(out), e3pot.load_model(str(tmp_path / path))
+    assert got.atomic_numbers == ref.atomic_numbers
+    for name, value in ref.state_dict().items():
+        torch.testing.assert_close(got.state_dict()[name], value, rtol=0, atol=1e-6, msg=name)

@@ -251,8 +251,7 @@ def check_paths(args) -> str:
     outputs = _outputs(args)
     inputs = [args.model, *args.inputs]
     for option, path in outputs:
-        # each other output as a string object of its own, so that none is taken for this one
-        others = [(o, "".join(list(p))) for o, p in outputs if o != option]
+        others = [(o, p) for o, p in outputs if o != option]
         check_output(path, option, inputs=inputs, overwrite=args.overwrite, others=others)
     for path in args.inputs:
         if not os.path.exists(path):

@@ -207,6 +207,18 @@ def quiet_lightning() -> None:
             logger.addFilter(_NoAdvertisements())
 
 
+def _worker_message(exc: BaseException) -> str:
+    """The message of an error that PyTorch re-raised from a DataLoader worker, without the worker's
+    traceback that it puts in front (the traceback's last line holds the original message)."""
+    text = str(exc)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        for prefix in (f"{type(exc).__module__}.{type(exc).__qualname__}: ", f"{type(exc).__qualname__}: "):
+            if last.startswith(prefix):
+                return last[len(prefix):]
+    return text
+
+
 def run(args: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
     """Entry point of ``train.py`` and ``e3pot train``: an error prints its message, not a traceback
     (``--debug`` or ``E3POT_DEBUG=1`` shows the traceback). Returns the exit code."""
@@ -219,7 +231,7 @@ def run(args: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
         if debug:
             raise
         known = isinstance(exc, (DataError, ValueError, FileNotFoundError, TrainingError))  # OutputError is a ValueError
-        message = str(exc) if known else f"{type(exc).__name__}: {exc}"
+        message = _worker_message(exc) if known else f"{type(exc).__name__}: {exc}"
         print(f"{prog or 'train.py'}: error: {message}\n(run again with --debug for the full traceback)",
               file=sys.stderr)
         return 2

@@ -235,6 +235,14 @@ class E3PotModule(pl.LightningModule):
         delta = stats.shift_correction(self.ema, train_set, indices.tolist(), batch_size=32)
         self.ema.energy_shift += torch.as_tensor(delta, device=self.ema.energy_shift.device)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Checkpoints carry the model's description (species, fitted statistics), so that
+        ``e3pot export-checkpoint`` writes a model file from a checkpoint alone."""
+        if self.ema is not None:
+            from e3pot.model.io import dtype_name
+
+            checkpoint["e3pot_model"] = {"config": dict(self.ema.config), "dtype": dtype_name(self.ema.dtype)}
+
     # -- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self):
         hp = self.hparams
