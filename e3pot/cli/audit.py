@@ -58,6 +58,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"e3pot audit: {line}", file=sys.stderr, flush=True)
 
     try:
+        if not 0 <= args.seed <= 2**32 - 1:
+            raise ValueError(f"--seed must be between 0 and {2**32 - 1}, got {args.seed}")
         if args.max_structures < 1:
             raise ValueError(f"--max-structures must be at least 1, got {args.max_structures}")
         if args.threads is not None:
