@@ -23,6 +23,10 @@ class ValidatedEarlyStopping(EarlyStopping):
     """Early stopping that waits for the first validation: a run shorter than one epoch
     (``--trainer.max_steps 3``) ends with no validation metric yet, and still writes its model."""
 
+    @property
+    def state_key(self) -> str:  # the key of Lightning's own class, so that checkpoints resume either way
+        return super().state_key.replace(type(self).__qualname__, EarlyStopping.__qualname__, 1)
+
     def _run_early_stopping_check(self, trainer) -> None:
         if self.monitor not in trainer.callback_metrics and not any(
                 key.startswith("val/") for key in trainer.callback_metrics):
