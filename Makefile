@@ -21,7 +21,7 @@ setup:
 	@bash scripts/setup_env.sh
 
 example: setup
-	$(RUN) train.py --config configs/example.yaml
+	$(RUN) train.py --config configs/example.yaml --overwrite
 
 test: setup
 	$(RUN) -m pytest -q
