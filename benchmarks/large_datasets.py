@@ -26,6 +26,9 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import results as bench_results  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = dict(r_max=4.5, l_max=1, num_features=16, num_layers=2, radial_hidden=32, radial_layers=1, parity=False)
 
@@ -209,10 +212,10 @@ def main(argv=None) -> dict:
                   file=sys.stderr, flush=True)
     result["throughput"] = rows
     result["ddp"] = [ddp_epochs(args.workdir, subset_store, args.subset, d, args.batch_size // d) for d in (1, 2)]
-    print(table(result))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as fh:
-        json.dump(result, fh, indent=1)
+    text = table(result)
+    print(text)
+    name, folder = bench_results.split_out(args.out)
+    bench_results.write(name, result, text, folder=folder, merge=True)
     return result
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import results as bench_results  # noqa: E402
 import structures  # noqa: E402
 from speed import PRESETS, SPECIES, build, peak_rss_mb, timeit  # noqa: E402
 
@@ -152,12 +153,12 @@ def main(argv=None) -> dict:
         for skin in (0.0, args.md_skin):
             md.append(run_child(["--child", "md", "--size", str(args.md_size), "--skin", str(skin),
                                  "--md-steps", str(args.md_steps)] + common))
-    print(table(rows, md, args))
+    text = table(rows, md, args)
+    print(text)
     result = {"preset": args.preset, "dtype": args.dtype, "threads": args.threads, "rows": rows, "md": md}
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=1)
+        name, folder = bench_results.split_out(args.out)
+        bench_results.write(name, result, text, folder=folder, merge=True)
     return result
 
 

@@ -83,18 +83,24 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def split_out(path: str):
+    """(name, folder) of an ``--out`` JSON path: ``benchmarks/results/speed.json`` -> ("speed", "benchmarks/results")."""
+    return os.path.splitext(os.path.basename(path))[0], os.path.dirname(os.path.abspath(path))
+
+
 def write(name: str, results: Any, table: str = "", folder: Optional[str] = None,
-          command: Optional[str] = None) -> str:
+          command: Optional[str] = None, merge: bool = False) -> str:
     """Write ``<folder>/<name>.json`` (results with provenance) and, given a table, ``<name>.md``.
 
-    Returns the JSON path."""
+    The JSON holds ``{"provenance": ..., "results": results}``, or with ``merge`` (a dict of
+    results) the results' own keys next to ``"provenance"``. Returns the JSON path."""
     folder = folder or FOLDER
     os.makedirs(folder, exist_ok=True)
     info = provenance(command)
     path = os.path.join(folder, f"{name}.json")
     with open(path, "w", encoding="utf-8") as fh:
-        json.dump({"provenance": info, "results": _clean(results)}, fh, indent=1, ensure_ascii=False,
-                  allow_nan=False)
+        payload = {"provenance": info, **_clean(results)} if merge else {"provenance": info, "results": _clean(results)}
+        json.dump(payload, fh, indent=1, ensure_ascii=False, allow_nan=False)
         fh.write("\n")
     if table:
         with open(os.path.join(folder, f"{name}.md"), "w", encoding="utf-8") as fh:

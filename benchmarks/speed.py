@@ -18,7 +18,9 @@ result: a fresh process imports e3pot, loads a model file and evaluates aspirin 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
+import io
 import json
 import os
 import statistics
@@ -30,6 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import results as bench_results  # noqa: E402
 import structures  # noqa: E402
 
 from e3pot.allocator import tune_allocator  # noqa: E402
@@ -338,6 +341,19 @@ def main(argv=None) -> dict:
                 print(f"timing {preset} {dtype} {path} ...", file=sys.stderr, flush=True)
                 results.append(run_case(args, preset, dtype, path))
     peers = load_peers(args.peers, args.threads) if args.peers else []
+    report = io.StringIO()
+    with contextlib.redirect_stdout(report):
+        print_tables(args, results, peers, described, applied)
+    print(report.getvalue(), end="")
+    out = {"env": {"torch": torch.__version__, "threads": args.threads, "structures": described, "malloc": applied},
+           "e3pot": results, "peers": peers}
+    name, folder = bench_results.split_out(args.out)
+    bench_results.write(name, out, report.getvalue(), folder=folder, merge=True)
+    print(f"\nwrote {args.out} and {os.path.join(folder, name + '.md')}")
+    return out
+
+
+def print_tables(args, results, peers, described, applied) -> None:
     print(f"\nStructures: {described}; {args.threads} threads; torch {torch.__version__}; medians of {args.reps} "
           f"repetitions ({args.water_reps} for water); malloc: {applied or 'glibc defaults'}.\n")
     print(HEADER)
@@ -361,13 +377,6 @@ def main(argv=None) -> dict:
     if peers:
         print("\nSpeed-up of e3pot over each peer (peer time / e3pot time; > 1 means e3pot is faster):\n")
         print(ratio_table(results, peers, args.compare_preset))
-    out = {"env": {"torch": torch.__version__, "threads": args.threads, "structures": described, "malloc": applied},
-           "e3pot": results, "peers": peers}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as fh:
-        json.dump(out, fh, indent=1, default=float)
-    print(f"\nwrote {args.out}")
-    return out
 
 
 if __name__ == "__main__":
