@@ -24,4 +24,4 @@ example: setup
 	$(RUN) train.py --config configs/example.yaml --overwrite
 
 test: setup
-	$(RUN) -m pytest -q
+	$(RUN) -m pytest -q --durations=20
