@@ -24,7 +24,8 @@ class E3PotCalculator(Calculator):
         device: "cpu", "cuda" or "cuda:N"; anything else, or a GPU that torch cannot use, is a ValueError.
         dtype: "float32" or "float64"; default: the dtype the model was trained in.
         memory_budget: GiB that one evaluation may use; a structure that needs more is evaluated in
-            chunks (same result, about 1.0-1.3x the time per atom). Default: 6 GiB on the CPU (at most
+            chunks (same result; each chunk's forward runs twice, so somewhat more time per atom: see
+            docs/benchmarks.md). Default: 6 GiB on the CPU (at most
             60% of the free memory), 60% of the free GPU memory on CUDA, or ``E3POT_MEMORY_BUDGET`` (GiB) if set;
             see :mod:`e3pot.model.chunked`. A model kind that is never chunked (``egnn``) ignores it, with a
             warning.
@@ -32,7 +33,7 @@ class E3PotCalculator(Calculator):
             until an atom has moved more than ``skin / 2`` (or the cell or the atoms change); forces
             are those of a fresh list. ``0`` (default) rebuilds it at every call.
         compile: run energy, forces and stress as one compiled graph (:mod:`e3pot.model.compiled`):
-            several times faster for small molecules, after a compilation of tens of seconds to minutes
+            faster for small molecules (docs/benchmarks.md), after a compilation of tens of seconds to minutes
             at the first call, which is announced on stderr. Needs a model file, not a TorchScript export.
         threads: sets torch's number of CPU threads for the whole process (``torch.set_num_threads``);
             default: torch's own (one per core). For molecules of a few dozen atoms, 1-2 threads are as

@@ -117,7 +117,8 @@ def collate_batch(items: Sequence[Tuple[AtomicGraph, Labels, int]],
 
 class NumpyBatch:
     """A collated batch as numpy arrays, for the way back from a DataLoader worker: a worker sends
-    tensors through one shared-memory segment each (a dozen per batch, about 0.3 ms apiece on Linux),
+    tensors through one shared-memory segment each (a dozen per batch, each with a system call and a
+    file descriptor),
     while numpy arrays travel inside the pickle. :meth:`tensors` restores the batch without copies."""
 
     def __init__(self, batch: Tuple[AtomicGraph, Labels, Tensor]):

@@ -161,8 +161,10 @@ def _npz_get(data, path: str, keys: Sequence[str], what: str, required: bool):
     return None
 
 
-def _iter_npz(path: str, labels: LabelSpec, require: Sequence[str]) -> Iterator[Frame]:
-    """rMD17-style npz: ``coords`` (n_frames, n_atoms, 3), ``nuclear_charges``, ``energies``, ``forces``."""
+def _iter_npz(path: str, labels: LabelSpec, require: Sequence[str], check: bool = True) -> Iterator[Frame]:
+    """rMD17-style npz: ``coords`` (n_frames, n_atoms, 3), ``nuclear_charges``, ``energies``, ``forces``.
+
+    With ``check=False`` the frames are not passed through :func:`check_frame`."""
     e_f = energy_factor(labels.energy_unit)
     l_f = length_factor(labels.length_unit)
     with np.load(path) as data:
@@ -175,8 +177,11 @@ def _iter_npz(path: str, labels: LabelSpec, require: Sequence[str]) -> Iterator[
     numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
     if coords.ndim != 3 or coords.shape[1:] != (len(numbers), 3):
         raise DataError(f"{path}: coordinates have shape {coords.shape}, expected (n_frames, {len(numbers)}, 3)")
+    for name, values in (("energies", energies), ("forces", forces)):
+        if values is not None and len(values) != coords.shape[0]:
+            raise DataError(f"{path}: {len(values)} {name} for {coords.shape[0]} frames of coordinates")
     for k in range(coords.shape[0]):
-        yield check_frame(Frame(
+        frame = Frame(
             numbers=numbers,
             positions=coords[k].astype(float) * l_f,
             cell=np.zeros((3, 3)),
@@ -184,4 +189,121 @@ def _iter_npz(path: str, labels: LabelSpec, require: Sequence[str]) -> Iterator[
             energy=None if energies is None else float(np.asarray(energies[k]).reshape(())) * e_f,
             forces=None if forces is None else forces[k].astype(float) * (e_f / l_f),
             source=f"{path}, frame {k}",
-        ), require)
+        )
+        yield check_frame(frame, require) if check else frame
+
+
+# -- structures with their labels, for prediction and scoring ------------------------------------
+
+def labelled_atoms(frame: Frame, like=None):
+    """An ``ase.Atoms`` of ``frame`` (Å) whose calculator results are its labels: ``energy`` (eV),
+    ``forces`` (eV/Å) and ``stress`` (eV/Å^3, Voigt order). With ``like`` (the ``ase.Atoms`` the frame
+    was read from), its ``info`` and ``arrays`` are kept, less the entries the labels came from."""
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.stress import full_3x3_to_voigt_6_stress
+
+    if like is None:
+        atoms = Atoms(numbers=frame.numbers, positions=frame.positions, cell=frame.cell, pbc=frame.pbc)
+    else:
+        atoms = like.copy()  # without the calculator: its results are in the input's units
+        atoms.positions, atoms.cell = frame.positions, frame.cell
+    results = {"energy": frame.energy, "forces": frame.forces,
+               "stress": None if frame.stress is None else full_3x3_to_voigt_6_stress(frame.stress)}
+    for key, value in results.items():
+        atoms.info.pop(key, None)
+        atoms.arrays.pop(key, None) if key == "forces" else None
+    results = {key: value for key, value in results.items() if value is not None}
+    if results:
+        atoms.calc = SinglePointCalculator(atoms, **results)
+    return atoms
+
+
+def iter_labelled(path: str, labels: LabelSpec = LabelSpec()) -> Iterator[tuple]:
+    """Yield ``(source, atoms, frame)`` from an ASE-readable file or an rMD17-style npz, one at a time.
+
+    ``frame`` holds the labels found where ``labels`` says, converted to eV, eV/Å and eV/Å^3, and not
+    checked for NaN or infinity (the caller decides what to do with those); the positions are
+    checked when the structure becomes a graph. ``atoms`` is the structure to predict for: an ASE
+    input read with the default label options as it was read; otherwise (other keys or units, and
+    every npz) a structure in Å whose calculator results are the converted labels, the input's own
+    label entries left out (see :func:`labelled_atoms`).
+    """
+    if path.endswith(".npz"):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no such data file: {path}")
+        for frame in _iter_npz(path, labels, require=(), check=False):
+            yield frame.source, labelled_atoms(frame), frame
+        return
+    as_read = labels == LabelSpec()
+    for k, atoms in enumerate(iter_atoms(path)):
+        source = f"{path}, frame {k}"
+        frame = frame_from_atoms(atoms, labels, source=source)
+        if frame.forces is not None and frame.forces.shape != (frame.n_atoms, 3):
+            raise DataError(f"{source}: forces have shape {frame.forces.shape}, expected ({frame.n_atoms}, 3)")
+        if not as_read:
+            custom = {labels.energy_key, labels.stress_key} - {None}
+            atoms = labelled_atoms(frame, like=atoms)
+            for key in custom:
+                atoms.info.pop(key, None)
+            if labels.forces_key:
+                atoms.arrays.pop(labels.forces_key, None)
+        yield source, atoms, frame
+
+
+def _npz_frames(path: str) -> int:
+    """The number of frames of an npz file, from the header of its coordinates array."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        name = next(n for n in ("coords.npy", "R.npy") if n in archive.namelist())
+        with archive.open(name) as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            return int(read_header(fh)[0][0])
+
+
+def _xyz_frames(path: str) -> int:
+    """Frames in an (extended) XYZ file, from its atom-count lines alone."""
+    import itertools
+
+    n = 0
+    with open(path, "rb") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue  # blank lines between or after the frames
+            natoms = int(line)
+            skipped = sum(1 for _ in itertools.islice(fh, natoms + 1))  # the comment line and the atoms
+            if skipped < natoms + 1:
+                raise ValueError(f"{path}: the last frame is cut short")
+            n += 1
+    return n
+
+
+def count_frames(paths: Sequence[str]) -> Optional[int]:
+    """The number of structures in ``paths`` when it is cheap to know (extended XYZ files are scanned
+    for their atom-count lines, npz files, ASE trajectories and databases say), else ``None``."""
+    total = 0
+    try:
+        for path in paths:
+            ext = os.path.splitext(path)[1].lower()
+            if ext in (".extxyz", ".xyz"):
+                total += _xyz_frames(path)
+            elif ext == ".npz":
+                total += _npz_frames(path)
+            elif ext == ".traj":
+                from ase.io.trajectory import Trajectory
+
+                with Trajectory(path) as traj:
+                    total += len(traj)
+            elif ext == ".db":
+                import ase.db
+
+                total += ase.db.connect(path).count()
+            else:
+                return None
+    except Exception:  # the count only feeds progress bars; reading the file reports real problems
+        return None
+    return total
