@@ -1,4 +1,4 @@
-"""Parity plots (predicted against reference) and the error statistics they show.
+"""Parity plots (predicted against reference), with the error statistics of :mod:`e3pot.metrics`.
 
 Everything here takes plain numpy arrays in eV/atom (energies per atom) and eV/Å (force
 components), so that ``e3pot predict --plot`` and the benchmarks draw the same figure. Errors are
@@ -9,9 +9,11 @@ the process-wide pyplot backend (a notebook that calls :func:`parity_plot` keeps
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
+
+from e3pot.metrics import error_stats, stats_by_type  # noqa: F401  (the statistics in the legends)
 
 ENERGY_UNIT = "meV/atom"  # of the errors in the legends
 FORCE_UNIT = "meV/Å"
@@ -19,31 +21,6 @@ FORCE_UNIT = "meV/Å"
 
 class MissingMatplotlib(ImportError):
     """matplotlib is not installed; the message says how to install it."""
-
-
-def error_stats(pred: np.ndarray, ref: np.ndarray, scale: float = 1.0) -> Optional[Dict[str, float]]:
-    """``n``, ``mae``, ``rmse`` and ``mean`` (signed, pred − ref) of the errors, times ``scale``;
-    ``None`` when there are no values.
-
-    With eV inputs and ``scale=1000`` the results are in meV (per atom, per Å: as the inputs).
-    """
-    err = scale * (np.asarray(pred, dtype=float).ravel() - np.asarray(ref, dtype=float).ravel())
-    if err.size == 0:
-        return None
-    return {"n": int(err.size), "mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean())),
-            "mean": float(err.mean())}
-
-
-def stats_by_type(pred: np.ndarray, ref: np.ndarray, types: Sequence[str],
-                  scale: float = 1.0) -> Dict[str, Optional[Dict[str, float]]]:
-    """:func:`error_stats` for each distinct value of ``types`` (one per point), in order of first
-    appearance."""
-    types = np.asarray(types, dtype=object)
-    if len(types) != np.size(pred):
-        raise ValueError(f"{len(types)} types for {np.size(pred)} values; give one type per value")
-    pred, ref = np.asarray(pred, dtype=float).ravel(), np.asarray(ref, dtype=float).ravel()
-    order = dict.fromkeys(types.tolist())
-    return {name: error_stats(pred[types == name], ref[types == name], scale) for name in order}
 
 
 def _figure_class():
@@ -145,3 +122,14 @@ def parity_plot(path: str, energy_pred: np.ndarray, energy_ref: np.ndarray, forc
     with atomic_output(path) as tmp, open(tmp, "wb") as fh:
         fig.savefig(fh, format="png")
     return path
+
+
+def plot_errors(path: str, errors, title: Optional[str] = None) -> str:
+    """:func:`parity_plot` of an :class:`e3pot.metrics.Errors` (energy per atom and force components,
+    coloured by group when the structures have one) to the PNG file ``path``."""
+    data = errors.arrays()
+    (e_pred, e_ref, e_type), (f_pred, f_ref, f_type) = data["energy_per_atom"], data["forces"]
+    if not errors.typed:
+        e_type = f_type = None
+    args = (path, e_pred, e_ref, f_pred, f_ref, e_type, f_type)
+    return parity_plot(*args, title) if title else parity_plot(*args)

@@ -1,4 +1,5 @@
-"""Predictions for many ``ase.Atoms`` at once, batched, on a stream of structures."""
+"""Predictions for many ``ase.Atoms`` at once, batched, on a stream of structures, and the files
+that hold them."""
 from __future__ import annotations
 
 import os
@@ -79,3 +80,58 @@ def predict(model, structures: Iterable, batch_size: int = 32, compute_stress: O
     """List version of :func:`iter_predictions`."""
     return list(iter_predictions(model, structures, batch_size, compute_stress, memory_budget=memory_budget,
                                  compile=compile))
+
+
+PREFIX = "e3pot_"  # of the predictions' keys in extended XYZ
+OUTPUT_FORMATS = {".extxyz": "extxyz", ".xyz": "extxyz", ".traj": "traj"}
+
+
+class PredictionWriter:
+    """Appends structures with their predictions to an ASE trajectory (``fmt="traj"``: the
+    predictions are each frame's calculator results) or an extended XYZ file (``fmt="extxyz"``:
+    the structure as given, with its own labels, and the predictions under ``e3pot_energy`` (eV),
+    ``e3pot_forces`` (eV/Å), ``e3pot_energies`` (eV, per atom) and ``e3pot_stress`` (eV/Å^3, Voigt
+    order xx yy zz yz xz xy, periodic structures only)). Use as a context manager or :meth:`close`."""
+
+    def __init__(self, path: str, fmt: str):
+        if fmt not in ("traj", "extxyz"):
+            raise ValueError(f"unknown prediction file format {fmt!r}; use 'traj' or 'extxyz'")
+        self.fmt = fmt
+        if fmt == "traj":
+            from ase.io.trajectory import Trajectory
+
+            self.handle = Trajectory(path, "w")
+        else:
+            self.handle = open(path, "w")
+
+    def write(self, atoms, pred: dict) -> None:
+        from ase.stress import full_3x3_to_voigt_6_stress
+
+        stress = full_3x3_to_voigt_6_stress(pred["stress"]) if "stress" in pred else None
+        if self.fmt == "traj":
+            from ase.calculators.singlepoint import SinglePointCalculator
+
+            atoms = atoms.copy()  # the input's own labels stay with the input
+            results = {"energy": pred["energy"], "forces": pred["forces"], "energies": pred["energies"]}
+            if stress is not None:
+                results["stress"] = stress
+            atoms.calc = SinglePointCalculator(atoms, **results)
+            self.handle.write(atoms)
+            return
+        import ase.io
+
+        atoms.info[PREFIX + "energy"] = pred["energy"]
+        atoms.arrays[PREFIX + "forces"] = pred["forces"]
+        atoms.arrays[PREFIX + "energies"] = pred["energies"]
+        if stress is not None:
+            atoms.info[PREFIX + "stress"] = stress
+        ase.io.write(self.handle, atoms, format="extxyz")
+
+    def close(self) -> None:
+        self.handle.close()
+
+    def __enter__(self) -> "PredictionWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

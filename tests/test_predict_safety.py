@@ -13,7 +13,8 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
 
 from e3pot.cli import predict as cli
-from e3pot.cli.predict import count_frames, main
+from e3pot.cli.predict import main
+from e3pot.data.io import count_frames
 from e3pot.files import OVERWRITE_HELP
 from e3pot.plots import parity_plot
 from tests.trained_model import model_file_64, single_torch_thread  # noqa: F401  (fixtures)

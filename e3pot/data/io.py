@@ -195,10 +195,11 @@ def _iter_npz(path: str, labels: LabelSpec, require: Sequence[str], check: bool 
 
 # -- structures with their labels, for prediction and scoring ------------------------------------
 
-def labelled_atoms(frame: Frame, like=None):
+def labelled_atoms(frame: Frame, like=None, labels: LabelSpec = LabelSpec()):
     """An ``ase.Atoms`` of ``frame`` (Å) whose calculator results are its labels: ``energy`` (eV),
-    ``forces`` (eV/Å) and ``stress`` (eV/Å^3, Voigt order). With ``like`` (the ``ase.Atoms`` the frame
-    was read from), its ``info`` and ``arrays`` are kept, less the entries the labels came from."""
+    ``forces`` (eV/Å) and ``stress`` (eV/Å^3, Voigt order). With ``like``, the ``ase.Atoms`` the frame
+    was read with ``labels``, its ``info`` and ``arrays`` are kept, less the entries the labels came
+    from (and its calculator, whose results are in the input's units)."""
     from ase import Atoms
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.stress import full_3x3_to_voigt_6_stress
@@ -206,13 +207,14 @@ def labelled_atoms(frame: Frame, like=None):
     if like is None:
         atoms = Atoms(numbers=frame.numbers, positions=frame.positions, cell=frame.cell, pbc=frame.pbc)
     else:
-        atoms = like.copy()  # without the calculator: its results are in the input's units
+        atoms = like.copy()
         atoms.positions, atoms.cell = frame.positions, frame.cell
+        for key in {labels.energy_key, labels.stress_key, "energy", "stress"} - {None}:
+            atoms.info.pop(key, None)
+        for key in {labels.forces_key, "forces"} - {None, "numbers", "positions"}:
+            atoms.arrays.pop(key, None)
     results = {"energy": frame.energy, "forces": frame.forces,
                "stress": None if frame.stress is None else full_3x3_to_voigt_6_stress(frame.stress)}
-    for key, value in results.items():
-        atoms.info.pop(key, None)
-        atoms.arrays.pop(key, None) if key == "forces" else None
     results = {key: value for key, value in results.items() if value is not None}
     if results:
         atoms.calc = SinglePointCalculator(atoms, **results)
@@ -241,14 +243,7 @@ def iter_labelled(path: str, labels: LabelSpec = LabelSpec()) -> Iterator[tuple]
         frame = frame_from_atoms(atoms, labels, source=source)
         if frame.forces is not None and frame.forces.shape != (frame.n_atoms, 3):
             raise DataError(f"{source}: forces have shape {frame.forces.shape}, expected ({frame.n_atoms}, 3)")
-        if not as_read:
-            custom = {labels.energy_key, labels.stress_key} - {None}
-            atoms = labelled_atoms(frame, like=atoms)
-            for key in custom:
-                atoms.info.pop(key, None)
-            if labels.forces_key:
-                atoms.arrays.pop(labels.forces_key, None)
-        yield source, atoms, frame
+        yield source, atoms if as_read else labelled_atoms(frame, like=atoms, labels=labels), frame
 
 
 def _npz_frames(path: str) -> int:
