@@ -64,17 +64,18 @@ def kinds_taking(name: str) -> List[str]:
     return [kind for kind in KINDS if name in defaults(kind)]
 
 
-def check_arguments(kind: str, given: Mapping[str, Any], takes: Iterable[str], prefix: str = "") -> None:
+def check_arguments(kind: str, given: Mapping[str, Any], takes: Iterable[str], prefix: str = "",
+                    advice: str = "") -> None:
     """Refuse the entries of ``given`` that are not in ``takes`` (the arguments ``kind`` takes), with a
-    message naming the kind, the arguments given and the ones the kind takes. ``prefix`` goes before
-    every name (``model.`` for the options of a training config)."""
+    message naming the kind, the arguments given and the ones the kind takes, then ``advice``.
+    ``prefix`` goes before every name (``model.`` for the options of a training config)."""
     takes = list(takes)
     refused = [name for name in given if name not in takes]
     if refused:
         names = ", ".join(prefix + name for name in refused)
         values = ", ".join(f"{prefix}{name}={given[name]!r}" for name in refused)
         raise ValueError(f"model kind {kind!r} takes no {names} (given: {values}); the kind {kind!r} takes "
-                         f"{', '.join(prefix + name for name in takes)}")
+                         f"{', '.join(prefix + name for name in takes)}{advice}")
 
 
 def resolve(kind: str, given: Mapping[str, Optional[Any]], prefix: str = "model.") -> Dict[str, Any]:
@@ -82,7 +83,8 @@ def resolve(kind: str, given: Mapping[str, Optional[Any]], prefix: str = "model.
     kind's defaults (:func:`defaults`) for the others. A value that is not None counts as given, and
     one given for a setting that ``kind`` does not take is refused (a ValueError)."""
     table = defaults(kind)
-    check_arguments(kind, {name: value for name, value in given.items() if value is not None}, table, prefix)
+    check_arguments(kind, {name: value for name, value in given.items() if value is not None}, table, prefix,
+                    advice=f"; leave out (or set to null) the settings that {kind!r} does not take")
     return {name: default if given.get(name) is None else given[name] for name, default in table.items()}
 
 
@@ -111,4 +113,4 @@ def describe(name: str) -> str:
     else:
         default = "default " + ", ".join(f"{value!r} ({kind})" for kind, value in values.items())
     which = "every kind" if len(taking) == len(KINDS) else " and ".join(taking) + " only"
-    return f"{which}; {default}"
+    return f"Taken by {which}; {default} when not given (null)"

@@ -14,6 +14,7 @@ from pytorch_lightning.loggers import CSVLogger
 
 from e3pot.allocator import tune_allocator
 from e3pot.data.io import DataError
+from e3pot.model import kinds
 from e3pot.model.io import save_model
 from e3pot.train.datamodule import E3PotDataModule
 from e3pot.train.module import E3PotModule, TrainingError
@@ -34,9 +35,14 @@ class ValidatedEarlyStopping(EarlyStopping):
         super()._run_early_stopping_check(trainer)
 
 
+def _cutoff(kind: str, r_max: Optional[float]) -> float:
+    """The cutoff of the graphs: ``model.r_max``, or the kind's default when not given."""
+    return kinds.defaults(kind)["r_max"] if r_max is None else r_max
+
+
 class E3PotCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("model.r_max", "data.r_max")
+        parser.link_arguments(("model.kind", "model.r_max"), "data.r_max", compute_fn=_cutoff)
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.monitor": "val/loss", "checkpoint.save_last": True,
                              "checkpoint.filename": "best-{epoch:04d}", "checkpoint.mode": "min"})
@@ -79,9 +85,9 @@ def _format_metrics(metrics: dict) -> str:
 
 
 # Settings that define the network or its training data: a run resumed with other values would load
-# weights that do not fit, or go on with statistics fitted on other data.
-ARCHITECTURE = ("kind", "r_max", "l_max", "num_features", "num_layers", "num_basis", "cutoff_p", "radial_hidden",
-                "radial_layers", "parity", "update_positions", "dtype", "e0s")
+# weights that do not fit, or go on with statistics fitted on other data. The model settings are those
+# of every kind (a checkpoint's hyperparameters hold those of its kind, defaults filled in).
+ARCHITECTURE = ("kind", *kinds.SETTINGS, "dtype", "e0s")
 DATA = ("train_file", "val_file", "val_fraction", "n_val", "n_train", "split_seed", "elements", "energy_key",
         "forces_key", "stress_key", "energy_unit", "length_unit", "stress_unit")
 

@@ -25,16 +25,18 @@ class TrainingError(RuntimeError):
 
 
 def check_hyperparameters(hp: dict) -> None:
-    """Clear errors for settings that would otherwise fail deep inside torch or vesin."""
-    rules = [("r_max", hp["r_max"] > 0, "be positive (Å)"), ("l_max", hp["l_max"] >= 0, "be at least 0"),
-             ("lr", hp["lr"] > 0, "be positive"), ("ema_decay", 0 <= hp["ema_decay"] < 1, "be in [0, 1)"),
-             ("refit_frames", hp["refit_frames"] >= 1, "be at least 1")]
-    rules += [(name, hp[name] >= 1, "be at least 1") for name in
+    """Clear errors for settings that would otherwise fail deep inside torch or vesin. ``hp`` holds the
+    training arguments and the settings of one model kind (:func:`e3pot.model.kinds.resolve`); a rule
+    applies to the settings the kind takes."""
+    rules = [("r_max", lambda v: v > 0, "be positive (Å)"), ("l_max", lambda v: v >= 0, "be at least 0"),
+             ("lr", lambda v: v > 0, "be positive"), ("ema_decay", lambda v: 0 <= v < 1, "be in [0, 1)"),
+             ("refit_frames", lambda v: v >= 1, "be at least 1")]
+    rules += [(name, lambda v: v >= 1, "be at least 1") for name in
               ("num_features", "num_layers", "num_basis", "radial_hidden")]
-    rules += [(name, hp[name] >= 0, "be 0 or positive") for name in
+    rules += [(name, lambda v: v >= 0, "be 0 or positive") for name in
               ("radial_layers", "energy_weight", "forces_weight", "stress_weight")]
     for name, ok, what in rules:
-        if not ok:
+        if name in hp and not ok(hp[name]):
             raise ValueError(f"model.{name} must {what}, got {hp[name]}")
     if hp["energy_weight"] == 0 and hp["forces_weight"] == 0 and hp["stress_weight"] == 0:
         raise ValueError("model.energy_weight, model.forces_weight and model.stress_weight are all 0: "
@@ -44,15 +46,28 @@ def check_hyperparameters(hp: dict) -> None:
 class E3PotModule(pl.LightningModule):
     """Training of a potential of any kind in :mod:`e3pot.model.kinds`.
 
-    Model hyperparameters are those of the model kind's class (each kind takes the ones it uses:
-    ``E3Potential`` all of them, ``cartesian`` all but ``l_max`` and ``parity``, ``egnn`` the sizes,
-    cutoff and ``update_positions``); the species, energy shift, energy scale and average neighbour
-    count are fitted from the training data in :meth:`setup`.
+    The model settings (``r_max`` to ``update_positions``) are those of the kind's class: each kind
+    takes the ones it uses (``e3`` all but ``update_positions``, ``cartesian`` all but ``l_max``,
+    ``parity`` and ``update_positions``, ``egnn`` all but ``l_max``, ``parity`` and ``radial_layers``)
+    and refuses the others. A setting left at None (not given) takes the kind's default, which is
+    written once, in the kind's class; the hyperparameters saved with the module (and its checkpoints)
+    are the settings of the model really built: those of its kind, defaults filled in. The species,
+    energy shift, energy scale and average neighbour count are fitted from the training data in
+    :meth:`setup`.
 
     Args:
         kind: the model kind: e3 (equivariant; invariant at l_max 0), cartesian (nothing built in)
             or egnn.
-        update_positions: egnn only: let the layers update the coordinates.
+        r_max: cutoff radius of the graph in Å. <r_max>
+        l_max: highest order of the equivariant features (0: invariant, distances only). <l_max>
+        num_features: number of features (channels) per atom. <num_features>
+        num_layers: number of message-passing layers. <num_layers>
+        num_basis: number of radial (Bessel) basis functions. <num_basis>
+        cutoff_p: exponent of the polynomial cutoff envelope. <cutoff_p>
+        radial_hidden: width of the hidden layers of the radial MLPs (egnn: of its MLPs). <radial_hidden>
+        radial_layers: number of hidden layers of the radial MLPs. <radial_layers>
+        parity: features of both parities for every l; false: of parity (-1)^l only. <parity>
+        update_positions: let the layers update the coordinates. <update_positions>
         e0s: per-species energy shift: "fit" (least squares on the training energies), a
             {symbol: eV} table, or the path of a file of isolated-atom structures.
         dtype: float32 or float64 for weights and inputs.
@@ -74,18 +89,27 @@ class E3PotModule(pl.LightningModule):
             (and again for the first batch of a single structure). Validation stays eager.
     """
 
-    def __init__(self, kind: Literal["e3", "cartesian", "egnn"] = "e3", r_max: float = 5.0, l_max: int = 2,
-                 num_features: int = 32, num_layers: int = 4, num_basis: int = 8, cutoff_p: int = 6,
-                 radial_hidden: int = 64, radial_layers: int = 2, parity: bool = True, update_positions: bool = True,
+    def __init__(self, kind: Literal["e3", "cartesian", "egnn"] = "e3", r_max: Optional[float] = None,
+                 l_max: Optional[int] = None, num_features: Optional[int] = None, num_layers: Optional[int] = None,
+                 num_basis: Optional[int] = None, cutoff_p: Optional[int] = None, radial_hidden: Optional[int] = None,
+                 radial_layers: Optional[int] = None, parity: Optional[bool] = None,
+                 update_positions: Optional[bool] = None,
                  e0s: Union[Literal["fit"], Dict[str, float], str] = "fit",
                  dtype: Literal["float32", "float64"] = "float32", energy_weight: float = 1.0,
                  forces_weight: float = 10.0, stress_weight: float = 0.0, lr: float = 0.005,
                  weight_decay: float = 0.0, lr_factor: float = 0.8, lr_patience: int = 10, lr_min: float = 1e-6,
                  ema_decay: float = 0.99, refit_shift: bool = True, refit_frames: int = 250,
                  skip_nonfinite_batches: bool = False, compile: bool = False):
+        given = {name: value for name, value in locals().items() if name in kinds.SETTINGS}
         super().__init__()
-        check_hyperparameters(locals())
-        self.save_hyperparameters()
+        settings = kinds.resolve(kind, given)  # refuses a setting that the kind does not take
+        self.save_hyperparameters()  # the arguments as given (under LightningCLI, with its own entries)
+        hp = {name: value for name, value in self.hparams.items()
+              if name not in kinds.SETTINGS or name in settings}
+        hp.update(settings)  # what is built: the kind's settings, its defaults for those not given
+        check_hyperparameters(hp)
+        self.hparams.clear()
+        self.save_hyperparameters(hp)
         self.potential: Optional[EnergyModel] = None
         self.ema: Optional[EnergyModel] = None
         self.torch_dtype = dtype_from_name(dtype)
@@ -250,3 +274,9 @@ class E3PotModule(pl.LightningModule):
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, factor=hp.lr_factor, patience=hp.lr_patience, min_lr=hp.lr_min)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
+
+
+# The help of each model setting says which kinds take it and their defaults, read from the kinds' classes.
+for _name in kinds.SETTINGS:
+    E3PotModule.__doc__ = E3PotModule.__doc__.replace(f"<{_name}>", kinds.describe(_name) + ".")
+del _name
