@@ -2,7 +2,8 @@
 __version__ = "0.1.0"
 
 from e3pot.data.graph import AtomicGraph, Labels, collate  # noqa: E402
-from e3pot.model.forces import Prediction, evaluate  # noqa: E402
+from e3pot.model.forces import Prediction  # noqa: E402
+from e3pot.model.runtime import evaluate  # noqa: E402
 from e3pot.model.io import load_model, save_model  # noqa: E402
 from e3pot.model.potential import E3Potential  # noqa: E402
 from e3pot.predict import predict  # noqa: E402

@@ -14,7 +14,8 @@ from e3pot.data.graph import collate
 from e3pot.data.neighbors import SpeciesMap, atoms_to_graph
 from e3pot.model.chunked import GIB, MemoryBudgetError, chunked_evaluate, footprint, plan
 from e3pot.model.export import ExportedModel, export_model
-from e3pot.model.forces import Conservative, evaluate
+from e3pot.model.forces import Conservative
+from e3pot.model.runtime import evaluate
 from e3pot.predict import predict
 
 

@@ -17,9 +17,8 @@ from e3pot.calculator import E3PotCalculator
 from e3pot.data.graph import collate
 from e3pot.data.neighbors import SpeciesMap, atoms_to_graph
 from e3pot.model.chunked import MemoryBudgetError, format_gib, out_of_memory_message, plan
-from e3pot.model.forces import evaluate
 from e3pot.model.kinds import build_model
-from e3pot.model.runtime import load_any
+from e3pot.model.runtime import evaluate, load_any
 from e3pot.predict import predict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,7 +9,7 @@ itself but from :mod:`e3pot.model.forces`.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -64,9 +64,40 @@ class EnergyModel(nn.Module):
         """The dtype the network runs in (positions and cell are cast to it)."""
         return self.energy_scale.dtype
 
+    def chunk_sizes(self) -> Optional[List[Tuple[int, int]]]:
+        """Per interaction layer, (numbers an energy+forces call keeps per edge, features per atom
+        entering the layer): what the memory estimate of chunked evaluation (:mod:`e3pot.model.chunked`)
+        needs. None for a kind that is always evaluated in one piece."""
+        return None
+
     def _apply(self, fn, recurse=True):
         # .to(dtype)/.float()/.cuda() move the per-species shifts but never lower them from float64
         shift = self.energy_shift
         super()._apply(fn, recurse)
         self.energy_shift = shift.to(device=self.energy_scale.device, dtype=torch.float64)
         return self
+
+
+class Runtime:
+    """A model run other than by calling it eagerly: compiled (:mod:`e3pot.model.compiled`) or exported
+    (:mod:`e3pot.model.export`). Called as ``runtime(graph, compute_stress)``, it returns ``(energy, forces,
+    stress, atomic_energies)``; the dispatcher (:func:`e3pot.model.runtime.evaluate`) reads the rest here.
+
+    Attributes:
+        energy_model: the per-atom energy module the runtime runs, which chunked evaluation drives for
+            structures too large for one call (a compiled model's eager model, an export's TorchScript
+            one), or None when there is none to drive.
+        kind: the model kind (see :mod:`e3pot.model.kinds`).
+        atomic_numbers, r_max, dtype, device: as for an eager model.
+    """
+
+    energy_model: Optional[nn.Module]
+    kind: str
+    atomic_numbers: List[int]
+    r_max: float
+    dtype: torch.dtype
+    device: torch.device
+
+    def chunk_sizes(self) -> Optional[List[Tuple[int, int]]]:
+        """As :meth:`EnergyModel.chunk_sizes`, for :attr:`energy_model`; None when it is not evaluated in chunks."""
+        raise NotImplementedError

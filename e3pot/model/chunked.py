@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from e3pot.data.graph import AtomicGraph
+from e3pot.model.base import EnergyModel, Runtime
 from e3pot.model.forces import stress_from_strain_derivative
 from e3pot.nn.scatter import scatter_sum
 
@@ -59,58 +60,57 @@ class Footprint(NamedTuple):
         return self.kept_per_edge * n_edges + self.kept_per_atom * n_atoms
 
 
-def _potential(model):
-    """The per-atom energy module of an eager model or of a loaded TorchScript export."""
-    module = getattr(model, "module", None)  # ExportedModel
-    if module is not None:
-        return module.conservative.model
-    return model
+class _Target(NamedTuple):
+    """What chunked evaluation drives: the per-atom energy module (eager, or an export's TorchScript one)
+    and, per interaction layer, (numbers kept per edge, features per atom entering it)."""
+
+    energy_model: torch.nn.Module
+    sizes: List[Tuple[int, int]]
 
 
-def _layers(pot) -> list:
-    """The interaction blocks, in order (also of a TorchScript module, whose ModuleList cannot be iterated)."""
-    return list(pot.layers.children())
+def _target(model) -> Optional[_Target]:
+    """The :class:`_Target` of an eager model, a compiled or an exported one; None for a model that is
+    always evaluated in one piece."""
+    if isinstance(model, Runtime):
+        sizes, energy_model = model.chunk_sizes(), model.energy_model
+    elif isinstance(model, EnergyModel):
+        sizes, energy_model = model.chunk_sizes(), model
+    else:
+        return None
+    return None if sizes is None or energy_model is None else _Target(energy_model, sizes)
 
 
 def chunkable(model) -> bool:
-    """Whether ``model`` has the layout that chunked evaluation needs: fixed edge embeddings and
-    interaction blocks with ``message``/``update`` (the ``e3`` and ``cartesian`` kinds). Other kinds
-    (``egnn``, whose edge vectors change from layer to layer) are always evaluated in one piece."""
-    pot = _potential(model)
-    return hasattr(pot, "edge_embedding") and all(hasattr(layer, "conv") for layer in _layers(pot))
+    """Whether ``model`` (eager, compiled or exported) can be evaluated in chunks: the ``e3`` and ``cartesian``
+    kinds, whose edge embeddings stay fixed through the layers (see :meth:`EnergyModel.chunk_sizes`). Other
+    kinds (``egnn``, whose edge vectors change from layer to layer) are always evaluated in one piece."""
+    return _target(model) is not None
 
 
-_FOOTPRINTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 SMALL_GIB = 0.25  # a structure whose direct evaluation needs less never asks how much memory is free
 
 
 def footprint(model, itemsize: int) -> Footprint:
-    """Estimated memory of an energy+forces call, per edge and per atom, for ``model`` in a dtype of
-    ``itemsize`` bytes, from the sizes of its edge tensors. The constants were fitted to the peak RSS of
-    water boxes (768 to 12,288 atoms, three model sizes, float32 and float64) and err on the high side."""
-    pot = _potential(model)
-    cached = _FOOTPRINTS.get(pot, {}).get(itemsize)
-    if cached is not None:
-        return cached
-    edge_floats, in_dims = [], []
-    for layer in _layers(pot):
-        conv = layer.conv
-        e = int(conv.weight_numel) + int(sum(conv.cg_sizes))
-        for k in range(len(conv.cg_sizes)):
-            b = int(conv.block_of[k])
-            e += (int(conv.n_paths[k]) * int(conv.d3s[k]) + int(conv.in_dim[b])) * int(conv.in_mul[b])
-        e += 2 * sum(int(m.weight.shape[1]) for m in layer.radial.children() if hasattr(m, "weight"))
-        edge_floats.append(e)
-        in_dims.append(int(conv.in_stop[-1]))
-    fp = Footprint(
+    """Estimated memory of an energy+forces call, per edge and per atom, for ``model`` (chunkable) in a
+    dtype of ``itemsize`` bytes, from the sizes its layers report (:meth:`EnergyModel.chunk_sizes`). The
+    constants were fitted to the peak RSS of water boxes (768 to 12,288 atoms, three model sizes, float32
+    and float64) and err on the high side."""
+    target = _target(model)
+    if target is None:
+        raise ValueError(f"a model of kind {model_kind(model)!r} is not evaluated in chunks: no memory estimate")
+    edge_floats = [e for e, _ in target.sizes]
+    in_dims = [d for _, d in target.sizes]
+    return Footprint(
         direct_per_edge=itemsize * (1.4 * sum(edge_floats) + 60),
         direct_per_atom=itemsize * 8.0 * sum(in_dims),
         chunk_per_edge=itemsize * 1.6 * max(edge_floats),
         kept_per_edge=64.0 + itemsize * 40,
         kept_per_atom=64.0 + itemsize * (sum(in_dims) + 8 * max(in_dims)),
     )
-    _FOOTPRINTS.setdefault(pot, {})[itemsize] = fp
-    return fp
+
+
+def _itemsize(model) -> int:
+    return torch.finfo(model.dtype).bits // 8
 
 
 def available_memory(device: torch.device) -> float:
@@ -193,16 +193,16 @@ BATCH_ADVICE = ("evaluate fewer structures at a time (a smaller --batch-size in 
 
 def model_kind(model) -> str:
     """The kind of ``model`` (``e3``, ``cartesian``, ``egnn``; see :mod:`e3pot.model.kinds`), for messages."""
-    for source in (model, getattr(model, "model", None), _potential(model)):
-        kind = getattr(source, "kind", None)
-        if isinstance(kind, str) and kind != "base":
-            return kind
-        config = getattr(source, "config", None) or {}
-        if isinstance(config, dict) and isinstance(config.get("kind"), str):
-            return config["kind"]
-    metadata = getattr(model, "metadata", None) or {}  # ExportedModel: the model's config travels in the archive
-    kind = (metadata.get("config") or {}).get("kind") if isinstance(metadata, dict) else None
-    return kind if isinstance(kind, str) else type(_potential(model)).__name__
+    kind = getattr(model, "kind", None)  # EnergyModel and Runtime both name it
+    return kind if isinstance(kind, str) else type(model).__name__
+
+
+def _one_piece_reason(model) -> str:
+    """Why ``model`` (not chunkable) is evaluated in one piece, for messages."""
+    if isinstance(model, Runtime) and model.chunk_sizes() is None and model_kind(model) in ("e3", "cartesian"):
+        return (f"this exported model of kind {model_kind(model)!r} was written without the sizes that chunked "
+                "evaluation needs (export it again with this version of e3pot)")
+    return f"a model of kind {model_kind(model)!r} cannot be evaluated in chunks"
 
 
 _WARNED: "weakref.WeakSet" = weakref.WeakSet()
@@ -213,16 +213,16 @@ def warn_if_not_chunkable(model, memory_budget: Optional[float], once: bool = Fa
     evaluated in one piece. With ``once=True``, only if no warning was given for this model yet."""
     if memory_budget is None or chunkable(model):
         return
-    pot = _potential(model)
+    key = model.energy_model if isinstance(model, Runtime) and model.energy_model is not None else model
     try:
-        if once and pot in _WARNED:
+        if once and key in _WARNED:
             return
-        _WARNED.add(pot)
+        _WARNED.add(key)
     except TypeError:  # not weakly referenceable: warn every time rather than never
         pass
-    warnings.warn(f"the memory budget of {memory_budget} GiB (memory_budget=, --memory-budget) has no effect: a "
-                  f"model of kind {model_kind(model)!r} cannot be evaluated in chunks and is always evaluated in one "
-                  f"piece, whatever the budget; to bound its memory, {BATCH_ADVICE}", UserWarning, stacklevel=3)
+    warnings.warn(f"the memory budget of {memory_budget} GiB (memory_budget=, --memory-budget) has no effect: "
+                  f"{_one_piece_reason(model)} and is always evaluated in one piece, whatever the budget; to bound "
+                  f"its memory, {BATCH_ADVICE}", UserWarning, stacklevel=3)
 
 
 def default_budget(device: torch.device) -> float:
@@ -246,7 +246,7 @@ def plan(model, graph: AtomicGraph, compute_stress: bool, memory_budget: Optiona
         return None
     n_atoms, n_edges = graph.positions.shape[0], graph.edge_index.shape[1]
     device = graph.positions.device
-    fp = footprint(model, _potential(model).energy_scale.element_size())
+    fp = footprint(model, _itemsize(model))
     if memory_budget is None and fp.direct(n_atoms, n_edges) <= SMALL_GIB * GIB:
         return None  # molecules in MD: no system call per step
     budget = (default_budget(device) if memory_budget is None else memory_budget) * GIB
@@ -275,12 +275,11 @@ def out_of_memory_message(model, graph: AtomicGraph, memory_budget: Optional[flo
     batch = graph.cell.shape[0] > 1
     free = format_gib(available_memory(device) / GIB)
     if not chunkable(model):
-        return (f"out of memory on {device.type} evaluating {subject}, with {free} free; this model kind "
-                f"({model_kind(model)}) cannot be evaluated in chunks: {BATCH_ADVICE}, or run on a machine with "
-                "more memory")
+        return (f"out of memory on {device.type} evaluating {subject}, with {free} free; {_one_piece_reason(model)}: "
+                f"{BATCH_ADVICE}, or run on a machine with more memory")
     memory_budget = check_budget(memory_budget)
     budget = default_budget(device) if memory_budget is None else memory_budget
-    fp = footprint(model, _potential(model).energy_scale.element_size())
+    fp = footprint(model, _itemsize(model))
     return (f"out of memory on {device.type} evaluating {subject} with a memory budget of {format_gib(budget)} "
             f"(in one piece it needs about {format_gib(fp.direct(n_atoms, n_edges) / GIB)}; in chunks at least "
             f"{format_gib(fp.kept(n_atoms, n_edges) / GIB)}), while only {free} are free now; lower the budget "
@@ -322,14 +321,6 @@ class _Chunk(NamedTuple):
         return slice(self.first_edge, self.end_edge)
 
 
-def _forward_layer(layer, c: _Chunk, h: Tensor, onehot: Tensor, x_senders: Tensor, sh: Tensor,
-                   radial: Tensor) -> Tensor:
-    """One layer's new features of the chunk's atoms (h, onehot: theirs; sh, radial: their edges'),
-    from the features ``x = linear_in(h)`` of the chunk's senders only."""
-    message = layer.message(x_senders, sh, radial, c.local_sender, c.local_receiver, c.end_atom - c.first_atom)
-    return layer.update(h, onehot, message)
-
-
 def chunked_evaluate(model, graph: AtomicGraph, compute_stress: bool,
                      chunk_edges: int) -> Tuple[Tensor, Tensor, Optional[Tensor], Tensor]:
     """(energy, forces, stress, atomic_energies) as :class:`~e3pot.model.forces.Conservative` gives them,
@@ -343,7 +334,10 @@ def chunked_evaluate(model, graph: AtomicGraph, compute_stress: bool,
     through the edge vectors r_ij, so forces are sums of dE/dr_ij over edges, and dE/d(strain) is the
     virial sum r_ij (dE/dr_ij)^T, symmetrised.
     """
-    pot = _potential(model)
+    target = _target(model)
+    if target is None:
+        raise ValueError(f"{_one_piece_reason(model)}; evaluate it in one piece")
+    pot = target.energy_model
     n_atoms, n_graphs = graph.positions.shape[0], graph.cell.shape[0]
     receiver = graph.edge_index[1]
     order = torch.argsort(receiver, stable=True)
@@ -356,14 +350,15 @@ def chunked_evaluate(model, graph: AtomicGraph, compute_stress: bool,
         for a0, a1, e0, e1 in chunk_bounds(receiver, n_atoms, chunk_edges):
             senders, local = torch.unique(sender[e0:e1], return_inverse=True)
             chunks.append(_Chunk(a0, a1, e0, e1, senders, local, receiver[e0:e1] - a0))
+        # the steps of E3Potential.forward: embed, propagate through each layer (here chunk by chunk), read out
         sh, radial = pot.edge_embedding(vec)  # (n_edges, sh_dim), (n_edges, num_basis)
-        onehot = pot.onehot(graph.species)
-        layers = _layers(pot)
-        hs = [pot.embedding(onehot)]  # features entering each layer, then the last layer's output
+        h, onehot = pot.embed(graph.species)
+        layers = list(pot.layers.children())  # (also of a TorchScript module, whose ModuleList cannot be iterated)
+        hs = [h]  # features entering each layer, then the last layer's output
         for layer in layers:
             x = layer.linear_in(hs[-1])
-            hs.append(torch.cat([_forward_layer(layer, c, hs[-1][c.atoms], onehot[c.atoms], x[c.senders],
-                                                sh[c.edges], radial[c.edges]) for c in chunks]))
+            hs.append(torch.cat([layer.propagate(hs[-1][c.atoms], onehot[c.atoms], x[c.senders], sh[c.edges],
+                                                 radial[c.edges], c.local_sender, c.local_receiver) for c in chunks]))
             del x
 
     with torch.enable_grad():
@@ -385,7 +380,8 @@ def chunked_evaluate(model, graph: AtomicGraph, compute_stress: bool,
                 h_c = h_in[c.atoms].requires_grad_(True)
                 sh_c = sh[c.edges].requires_grad_(True)
                 radial_c = radial[c.edges].requires_grad_(True)
-                out = _forward_layer(layer, c, h_c, onehot[c.atoms], x_senders, sh_c, radial_c)
+                out = layer.propagate(h_c, onehot[c.atoms], x_senders, sh_c, radial_c, c.local_sender,
+                                      c.local_receiver)
                 g_xs, g_hc, g_shc, g_rc = torch.autograd.grad([out], [x_senders, h_c, sh_c, radial_c],
                                                               [g_h[c.atoms]], allow_unused=True)
                 g_x.index_add_(0, c.senders, g_xs)

@@ -21,13 +21,14 @@ import copy
 import os
 import sys
 import warnings
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from e3pot.data.graph import AtomicGraph
-from e3pot.model.forces import Conservative
+from e3pot.model.base import EnergyModel, Runtime
+from e3pot.model.forces import Conservative, Prediction, evaluate
 
 Key = Tuple[bool, bool, torch.dtype, torch.device]
 
@@ -99,23 +100,25 @@ def announce_compilation(what: str, device: torch.device) -> None:
     print(compiling_message(what, device), file=sys.stderr, flush=True)
 
 
-class CompiledModel:
+class CompiledModel(Runtime):
     """Wraps an eager ``E3Potential`` for inference with ``torch.compile``.
 
     Called like an exported model, ``compiled(graph, compute_stress)`` returns ``(energy, forces,
     stress, atomic_energies)``. The first call of each kind compiles (see the module's notes) and says so on stderr; a
     graph with fewer than two atoms or two edges (sizes that the trace cannot keep symbolic) runs
-    eagerly. ``model`` (the eager model) stays available, for the chunked path of structures too
-    large for one call.
+    eagerly. ``energy_model`` (also ``model``: the eager model) stays available, for the chunked path of
+    structures too large for one call.
     """
 
     def __init__(self, model: torch.nn.Module):
-        if not hasattr(model, "layers"):
+        if not isinstance(model, EnergyModel):
             raise TypeError(f"compile needs an eager e3pot model (a model file), not {type(model).__name__}; "
                             "a TorchScript export cannot be compiled")
         self.model = copy.deepcopy(model).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+        self.energy_model = self.model
+        self.kind = self.model.kind
         self.atomic_numbers = list(self.model.atomic_numbers)
         self.r_max = float(self.model.r_max)
         self.dtype = self.model.dtype
@@ -125,6 +128,9 @@ class CompiledModel:
         self._conservative = Conservative(self.model)
         self._compiled: Dict[Key, Callable] = {}
         self.compilations = 0
+
+    def chunk_sizes(self) -> Optional[List[Tuple[int, int]]]:
+        return self.model.chunk_sizes()
 
     def key(self, graph: AtomicGraph, compute_stress: bool) -> Key:
         return (bool(compute_stress), graph.cell.shape[0] == 1, graph.positions.dtype, graph.positions.device)
@@ -218,10 +224,8 @@ class CompiledTrainingLoss:
         from torch.fx.experimental.proxy_tensor import make_fx
         from torch.func import functional_call
 
-        from e3pot.model.forces import Prediction, apply_strain, derivatives
-        from e3pot.nn.scatter import scatter_sum
-
-        model, compute_stress, loss_fn = self.model, self.compute_stress, self.loss_fn
+        model, loss_fn = Conservative(self.model), self.loss_fn
+        compute_stress = self.compute_stress
         n_params, n_graph = len(names), len(graph)
         announce_compilation("the training loss and its gradients", graph.positions.device)
         keys: list = []
@@ -232,19 +236,17 @@ class CompiledTrainingLoss:
             rest = args[n_params + len(buffer_names):]
             g = AtomicGraph(*rest[:n_graph])
             lab = type(labels)(*rest[n_graph:])
-            state = dict(zip(names, params))
-            state.update(zip(buffer_names, buffers))
-            positions, edge_shift, inputs = apply_strain(g, compute_stress)
-            strained = g._replace(positions=positions, edge_shift=edge_shift)
-            atomic = functional_call(model, state, (strained,))
-            energy = scatter_sum(atomic, g.batch, g.cell.shape[0])
-            forces, stress = derivatives(energy, inputs, g.cell, g.pbc, True)
-            parts = loss_fn(Prediction(energy, forces, stress, atomic), lab)
+            # the parameters and buffers are inputs of the traced graph (the optimiser updates them), so the
+            # energy -> forces sequence runs through a functional call of the same Conservative
+            state = {f"model.{n}": p for n, p in zip(names, params)}
+            state.update((f"model.{n}", b) for n, b in zip(buffer_names, buffers))
+            pred = Prediction(*functional_call(model, state, (g, compute_stress, True)))
+            parts = loss_fn(pred, lab)
             keys[:] = list(parts)
             grads = torch.autograd.grad(parts["loss"], params, allow_unused=True)
             grads = [torch.zeros_like(p) if gr is None else gr for p, gr in zip(params, grads)]
-            out = [parts[k] for k in keys] + [energy, forces, atomic] + grads
-            return tuple(out) + ((stress,) if stress is not None else ())
+            out = [parts[k] for k in keys] + [pred.energy, pred.forces, pred.atomic_energies] + grads
+            return tuple(out) + ((pred.stress,) if pred.stress is not None else ())
 
         params = [p for _, p in self._named_parameters()]
         buffers = [b for _, b in self.model.named_buffers()]
@@ -259,8 +261,6 @@ class CompiledTrainingLoss:
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
 
     def __call__(self, graph: AtomicGraph, labels):
-        from e3pot.model.forces import Prediction, evaluate
-
         if graph.cell.shape[0] < 2 or graph.positions.shape[0] < 2 or graph.edge_index.shape[1] < 2:
             # a batch of one structure (the last of an epoch, say) would need a compilation of its own
             pred = evaluate(self.model, graph, compute_stress=self.compute_stress, training=True)

@@ -2,7 +2,8 @@
 
 The archive's ``forward`` takes the graph as plain tensors (see :mod:`e3pot.data.graph` for the
 edge convention) and returns ``(energy, forces, stress, atomic_energies)``; the metadata
-(species, cutoff, units, dtype, version) travels in the archive as ``metadata.json``.
+(species, cutoff, units, dtype, version, and for the kinds that chunked evaluation handles the
+per-layer sizes of its memory estimate) travels in the archive as ``metadata.json``.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import copy
 import json
 import os
 import warnings
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from e3nn.util.jit import compile as e3nn_compile
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 
 from e3pot.data.graph import AtomicGraph
 from e3pot.files import atomic_output
+from e3pot.model.base import Runtime
 from e3pot.model.forces import Conservative
 from e3pot.model.io import dtype_name
 
@@ -46,6 +48,7 @@ def export_model(model, path: str, metadata: Optional[Dict[str, Any]] = None) ->
     from e3pot import __version__
 
     model = copy.deepcopy(model).eval()
+    chunk_sizes = model.chunk_sizes()  # before scripting, which replaces the submodules by TorchScript ones
     with warnings.catch_warnings():  # TorchScript's notes on e3nn's generated modules
         warnings.simplefilter("ignore", UserWarning)
         scripted = e3nn_compile(_Exported(model))
@@ -54,6 +57,7 @@ def export_model(model, path: str, metadata: Optional[Dict[str, Any]] = None) ->
         "atomic_numbers": list(model.atomic_numbers), "r_max": model.r_max, "dtype": dtype_name(model.dtype),
         "units": {"energy": "eV", "length": "Å", "forces": "eV/Å", "stress": "eV/Å^3"},
         "config": dict(model.config), "metadata": dict(metadata or getattr(model, "metadata", {}) or {}),
+        "chunk_sizes": chunk_sizes,
     }
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_output(path) as tmp:
@@ -61,8 +65,14 @@ def export_model(model, path: str, metadata: Optional[Dict[str, Any]] = None) ->
     return path
 
 
-class ExportedModel:
-    """A loaded TorchScript archive with the attributes the calculator and predictor use."""
+class ExportedModel(Runtime):
+    """A loaded TorchScript archive with the attributes the calculator and predictor use.
+
+    ``energy_model`` is the archive's TorchScript per-atom energy module, which chunked evaluation
+    drives for structures too large for one call; None for a kind that is always evaluated in one
+    piece, and for an archive written before the archives carried the sizes of the memory estimate
+    (export the model again to evaluate large structures in chunks).
+    """
 
     def __init__(self, path: str, device: str | torch.device = "cpu"):
         extra = {METADATA_FILE: ""}
@@ -73,6 +83,13 @@ class ExportedModel:
         self.dtype = getattr(torch, info["dtype"])
         self.metadata = info
         self.device = torch.device(device)
+        self.kind = str((info.get("config") or {}).get("kind", "e3"))
+        sizes = info.get("chunk_sizes")
+        self._chunk_sizes = None if sizes is None else [(int(e), int(d)) for e, d in sizes]
+        self.energy_model = None if sizes is None else self.module.conservative.model  # the layout of _Exported
+
+    def chunk_sizes(self) -> Optional[List[Tuple[int, int]]]:
+        return self._chunk_sizes
 
     def __call__(self, graph: AtomicGraph, compute_stress: bool = False):
         return self.module(*graph, compute_stress)

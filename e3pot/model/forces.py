@@ -1,4 +1,9 @@
-"""Energy -> forces and stress, in one place for every caller (trainer, calculator, CLI, export)."""
+"""Energy -> forces and stress, in one place for every caller (trainer, calculator, CLI, export, the
+compiled and the chunked paths).
+
+This module knows nothing of how a model is run (direct, chunked, compiled, exported: see
+:mod:`e3pot.model.runtime`); it depends on the graph and the scatter-sum only.
+"""
 from __future__ import annotations
 
 from typing import List, NamedTuple, Optional, Tuple
@@ -87,19 +92,16 @@ class Conservative(nn.Module):
 
 def evaluate(model: nn.Module, graph: AtomicGraph, compute_stress: bool = False,
              training: bool = False, memory_budget: Optional[float] = None) -> Prediction:
-    """Energies, forces and, if asked, stress for a batch (see :class:`Conservative`).
+    """Energies, forces and, if asked, stress for a batch, from an eager per-atom energy model in one
+    piece (see :class:`Conservative`): the direct path, without memory planning.
 
     ``training=True`` keeps the graph of the derivatives so that a loss on forces can be
-    back-propagated (double backward). ``memory_budget`` (GiB; default: see
-    :func:`e3pot.model.chunked.default_budget`) bounds the memory of inference: a graph whose
-    direct evaluation would exceed it is evaluated in chunks of receiving atoms, with the same
-    result (see :mod:`e3pot.model.chunked`). A ``memory_budget`` or ``E3POT_MEMORY_BUDGET`` that is not a
-    positive number of GiB is a ValueError, whatever the size of the graph.
+    back-propagated (double backward). A memory budget, chunked evaluation of large structures, and
+    compiled and exported models are the business of :func:`e3pot.evaluate`
+    (:func:`e3pot.model.runtime.evaluate`), which takes the same arguments; ``memory_budget`` is
+    accepted here only to say so.
     """
-    if not training:
-        from e3pot.model.chunked import plan, chunked_evaluate
-
-        chunk_edges = plan(model, graph, compute_stress, memory_budget)
-        if chunk_edges is not None:
-            return Prediction(*chunked_evaluate(model, graph, compute_stress, chunk_edges))
+    if memory_budget is not None:
+        raise ValueError("e3pot.model.forces.evaluate evaluates in one piece and takes no memory budget; "
+                         "use e3pot.evaluate (e3pot.model.runtime.evaluate) for memory_budget=")
     return Prediction(*Conservative(model)(graph, compute_stress, training))

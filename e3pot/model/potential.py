@@ -96,13 +96,23 @@ class E3Potential(EnergyModel):
         return config
 
     def forward(self, graph: AtomicGraph) -> Tensor:
-        """Per-atom energies (n_atoms,) in eV, float64."""
+        """Per-atom energies (n_atoms,) in eV, float64: :meth:`embed`, each layer's
+        :meth:`~e3pot.nn.interaction.Interaction.propagate`, :meth:`atomic_energies`. Chunked evaluation
+        (:mod:`e3pot.model.chunked`) runs the same three steps, the layers chunk by chunk."""
         sh, radial = self.edge_features(graph.positions, graph.edge_index[0], graph.edge_index[1], graph.edge_shift)
-        onehot = self.onehot(graph.species)
-        h = self.embedding(onehot)
+        h, onehot = self.embed(graph.species)
         for layer in self.layers:
             h = layer(h, onehot, sh, radial, graph.edge_index)
         return self.atomic_energies(h, graph.species)
+
+    @torch.jit.export
+    def embed(self, species: Tensor) -> Tuple[Tensor, Tensor]:
+        """Features entering the first layer (n_atoms, dim) and the one-hot species (n_atoms, n_species)."""
+        onehot = self.onehot(species)
+        return self.embedding(onehot), onehot
+
+    def chunk_sizes(self) -> List[Tuple[int, int]]:
+        return [(layer.edge_floats(), layer.irreps_in.dim) for layer in self.layers]
 
     @torch.jit.export
     def edge_features(self, positions: Tensor, sender: Tensor, receiver: Tensor,

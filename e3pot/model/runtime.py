@@ -1,15 +1,35 @@
-"""Loading any kind of model for inference, and running it on a graph."""
+"""Loading any kind of model for inference, and running it on a graph: the one place that decides how.
+
+A model is eager (an :class:`~e3pot.model.base.EnergyModel`), compiled
+(:class:`~e3pot.model.compiled.CompiledModel`) or exported (:class:`~e3pot.model.export.ExportedModel`).
+:func:`choose_path` decides, for a model and a graph, between
+
+* ``direct``: the eager model in one piece (:func:`e3pot.model.forces.evaluate`);
+* ``chunked``: chunks of receiving atoms within a memory budget (:mod:`e3pot.model.chunked`), for a
+  structure too large for one piece, driving the eager model, a compiled model's eager model or an
+  export's TorchScript one;
+* ``compiled`` and ``exported``: the runtime's own call, in one piece.
+
+:func:`evaluate` (``e3pot.evaluate``) and :func:`run_model` (calculator, predict, audit) both run what it
+chose.
+"""
 from __future__ import annotations
 
 import copy
 import os
-from typing import Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
+from e3pot.data.graph import AtomicGraph
+from e3pot.model import forces
+from e3pot.model.base import Runtime
+from e3pot.model.chunked import (MemoryBudgetError, budget_from_env, chunked_evaluate, out_of_memory_message, plan,
+                                 warn_if_not_chunkable)
+from e3pot.model.compiled import CompiledModel, compile_model
 from e3pot.model.export import ExportedModel, is_torchscript
-from e3pot.model.forces import evaluate
+from e3pot.model.forces import Prediction
 from e3pot.model.io import dtype_from_name, load_model
 
 
@@ -58,9 +78,6 @@ def load_any(model: Union[str, os.PathLike, torch.nn.Module, ExportedModel], dev
 
     Raises ValueError for a device that torch does not know or cannot use, and for an
     ``E3POT_MEMORY_BUDGET`` that is not a positive number of GiB."""
-    from e3pot.model.chunked import budget_from_env
-    from e3pot.model.compiled import CompiledModel, compile_model
-
     check_device(device)
     budget_from_env()  # a bad value is reported before a model is loaded, not at the first large structure
     if isinstance(model, CompiledModel):
@@ -92,42 +109,86 @@ def load_any(model: Union[str, os.PathLike, torch.nn.Module, ExportedModel], dev
     return model.eval()
 
 
-def _is_compiled(model) -> bool:
-    from e3pot.model.compiled import CompiledModel
-
-    return isinstance(model, CompiledModel)
-
-
 def model_device(model) -> torch.device:
-    if isinstance(model, ExportedModel) or _is_compiled(model):
+    if isinstance(model, Runtime):
         return model.device
     return next(model.parameters()).device
 
 
+DIRECT, CHUNKED, COMPILED, EXPORTED = "direct", "chunked", "compiled", "exported"
+
+
+class Path(NamedTuple):
+    """How a graph is evaluated: ``how`` is one of ``direct``, ``chunked``, ``compiled``, ``exported``;
+    ``chunk_edges`` the edges per chunk of the chunked path (None otherwise)."""
+
+    how: str
+    chunk_edges: Optional[int] = None
+
+
+def choose_path(model, graph: AtomicGraph, compute_stress: bool = False, memory_budget: Optional[float] = None,
+                training: bool = False) -> Path:
+    """How ``model`` (eager, compiled or exported) evaluates ``graph`` within ``memory_budget`` GiB (default:
+    ``E3POT_MEMORY_BUDGET``, else :func:`~e3pot.model.chunked.default_budget`): in chunks when the one-piece
+    evaluation would exceed the budget and the model can be chunked, else by its own path.
+
+    Training (``training=True``: the graph of the derivatives is kept for a force loss) is always direct:
+    its batches are small, and only the direct path keeps the double backward. Raises ValueError for a
+    bad budget (also when it does not matter) and for training anything but an eager model, and
+    :class:`~e3pot.model.chunked.MemoryBudgetError` when even the chunked path would exceed the budget."""
+    if training:
+        if isinstance(model, Runtime):
+            raise ValueError(f"training needs an eager model, not a {type(model).__name__}")
+        return Path(DIRECT)
+    chunk_edges = plan(model, graph, compute_stress, memory_budget)  # checks the budget first
+    if chunk_edges is not None:
+        return Path(CHUNKED, chunk_edges)
+    if isinstance(model, CompiledModel):
+        return Path(COMPILED)
+    if isinstance(model, ExportedModel):
+        return Path(EXPORTED)
+    return Path(DIRECT)
+
+
+def _run(model, graph: AtomicGraph, compute_stress: bool, training: bool,
+         path: Path) -> Tuple[Tensor, Tensor, Optional[Tensor], Tensor]:
+    if path.how == CHUNKED:
+        return chunked_evaluate(model, graph, compute_stress, path.chunk_edges)
+    if path.how == DIRECT:
+        return tuple(forces.evaluate(model, graph, compute_stress, training))
+    return model(graph, compute_stress)
+
+
+def evaluate(model, graph: AtomicGraph, compute_stress: bool = False, training: bool = False,
+             memory_budget: Optional[float] = None) -> Prediction:
+    """Energies, forces and, if asked, stress for a batch, from an eager, compiled or exported model, by the
+    path :func:`choose_path` picks (``e3pot.evaluate``).
+
+    ``training=True`` keeps the graph of the derivatives so that a loss on forces can be back-propagated
+    (double backward; eager models only). ``memory_budget`` (GiB; default: see
+    :func:`e3pot.model.chunked.default_budget`) bounds the memory of inference: a graph whose direct
+    evaluation would exceed it is evaluated in chunks of receiving atoms, with the same result (see
+    :mod:`e3pot.model.chunked`). A ``memory_budget`` or ``E3POT_MEMORY_BUDGET`` that is not a positive number
+    of GiB is a ValueError, whatever the size of the graph.
+    """
+    path = choose_path(model, graph, compute_stress, memory_budget, training)
+    return Prediction(*_run(model, graph, compute_stress, training, path))
+
+
 def run_model(model, graph, compute_stress: bool, memory_budget: Optional[float] = None):
-    """(energy, forces, stress, atomic_energies) from an eager model or an exported one, within
-    ``memory_budget`` GiB (see :func:`e3pot.model.forces.evaluate`).
+    """(energy, forces, stress, atomic_energies) from an eager, compiled or exported model, within
+    ``memory_budget`` GiB, as :func:`evaluate` gives them.
 
     Raises :class:`~e3pot.model.chunked.MemoryBudgetError` when the structure does not fit in the
     budget, or when the allocator fails (the budget was larger than the memory that was free); ValueError
     when ``memory_budget`` or ``E3POT_MEMORY_BUDGET`` is not a positive number of GiB. A budget given to a
     model kind that is never chunked (``egnn``) is ignored, with a warning the first time.
     """
-    from e3pot.model.chunked import (MemoryBudgetError, chunked_evaluate, out_of_memory_message, plan,
-                                     warn_if_not_chunkable)
-
-    # a compiled model runs in one piece; a structure too large for that goes through the chunks
-    # of its eager model
-    eager = model.model if _is_compiled(model) else model
     try:
-        chunk_edges = plan(eager, graph, compute_stress, memory_budget)  # checks the budget first
-        warn_if_not_chunkable(eager, memory_budget, once=True)
-        if chunk_edges is not None:
-            return chunked_evaluate(eager, graph, compute_stress, chunk_edges)
-        if isinstance(model, ExportedModel) or _is_compiled(model):
-            return model(graph, compute_stress)
-        return tuple(evaluate(model, graph, compute_stress=compute_stress, memory_budget=float("inf")))
+        path = choose_path(model, graph, compute_stress, memory_budget)
+        warn_if_not_chunkable(model, memory_budget, once=True)
+        return tuple(_run(model, graph, compute_stress, False, path))
     except (torch.OutOfMemoryError, RuntimeError) as exc:
         if not isinstance(exc, torch.OutOfMemoryError) and "allocate memory" not in str(exc):
             raise
-        raise MemoryBudgetError(out_of_memory_message(eager, graph, memory_budget)) from exc
+        raise MemoryBudgetError(out_of_memory_message(model, graph, memory_budget)) from exc

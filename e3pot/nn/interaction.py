@@ -65,8 +65,10 @@ class Interaction(nn.Module):
         self.linear_in = o3.Linear(self.irreps_in, self.irreps_in)
         self.conv = EdgeTensorProductScatter(self.irreps_in, self.irreps_sh, self.gate.irreps_in,
                                              norm=1.0 / math.sqrt(avg_num_neighbors))
-        self.radial = enn.FullyConnectedNet(
-            [num_basis] + radial_layers * [radial_hidden] + [self.conv.weight_numel], torch.nn.functional.silu)
+        radial_widths = radial_layers * [radial_hidden] + [self.conv.weight_numel]
+        self.radial = enn.FullyConnectedNet([num_basis] + radial_widths, torch.nn.functional.silu)
+        # per edge, the radial MLP keeps each layer's output and its activation for the backward
+        self.radial_edge_floats = 2 * sum(radial_widths)
         self.self_connection = o3.FullyConnectedTensorProduct(
             self.irreps_in, o3.Irreps(f"{num_species}x0e"), self.gate.irreps_in)
         self.irreps_out = self.gate.irreps_out
@@ -84,18 +86,20 @@ class Interaction(nn.Module):
     def forward(self, h: Tensor, onehot: Tensor, sh: Tensor, radial: Tensor, edge_index: Tensor) -> Tensor:
         # h (n_atoms, irreps_in.dim), onehot (n_atoms, n_species), sh (n_edges, irreps_sh.dim),
         # radial (n_edges, num_basis), edge_index (2, n_edges) [sender, receiver]
-        x = self.linear_in(h)
-        return self.update(h, onehot, self.message(x, sh, radial, edge_index[0], edge_index[1], -1))
+        return self.propagate(h, onehot, self.linear_in(h), sh, radial, edge_index[0], edge_index[1])
 
     @torch.jit.export
-    def message(self, x: Tensor, sh: Tensor, radial: Tensor, sender: Tensor, receiver: Tensor, n_out: int) -> Tensor:
-        """Neighbour sum of the messages of ``x = linear_in(h)`` (n_atoms, irreps_in.dim) along the edges,
-        (n_out, gate.irreps_in.dim); ``n_out = -1``: every atom receives."""
-        return self.conv(x, sh, self.radial(radial), sender, receiver, n_out)
-
-    @torch.jit.export
-    def update(self, h: Tensor, onehot: Tensor, message: Tensor) -> Tensor:
-        """Self-connection, gate and residual, atom by atom: (n, irreps_in.dim) -> (n, irreps_out.dim)."""
-        x = message + self.self_connection(h, onehot)
-        x = self.gate(x)
+    def propagate(self, h: Tensor, onehot: Tensor, x: Tensor, sh: Tensor, radial: Tensor, sender: Tensor,
+                  receiver: Tensor) -> Tensor:
+        """New features (n, irreps_out.dim) of the receiving atoms, whose features and species are ``h``
+        (n, irreps_in.dim) and ``onehot``: the neighbour sum of the messages of ``x = linear_in(h)`` of the
+        senders (rows indexed by ``sender``) along the edges (``sh``, ``radial``) ending at ``receiver``
+        (numbered as the rows of ``h``), then self-connection, gate and residual. The whole graph, or one
+        chunk of receiving atoms with the features of its own senders (:mod:`e3pot.model.chunked`)."""
+        message = self.conv(x, sh, self.radial(radial), sender, receiver, h.shape[0])
+        x = self.gate(message + self.self_connection(h, onehot))
         return h[:, self.res_start:self.res_stop] + x if self.resnet else x
+
+    def edge_floats(self) -> int:
+        """Numbers per edge that an energy+forces call keeps for its backward (convolution and radial MLP)."""
+        return self.conv.edge_floats() + self.radial_edge_floats

@@ -142,6 +142,14 @@ class EdgeTensorProductScatter(nn.Module):
             self.out_mul.append(mul)
             used[t] += mul
 
+    def edge_floats(self) -> int:
+        """Numbers per edge that an energy+forces call keeps for its backward: the per-edge weights, the
+        edge maps ``Y @ C``, and for each group the gathered sender features and the per-path products."""
+        floats = self.weight_numel + sum(self.cg_sizes)
+        for k, b in enumerate(self.block_of):
+            floats += (self.n_paths[k] * self.d3s[k] + self.in_dim[b]) * self.in_mul[b]
+        return floats
+
     def forward(self, x: Tensor, sh: Tensor, weight: Tensor, sender: Tensor, receiver: Tensor,
                 n_out: int = -1) -> Tensor:
         # x (n_atoms, irreps_in.dim), sh (n_edges, irreps_sh.dim), weight (n_edges, weight_numel),
