@@ -1,5 +1,6 @@
 """The baseline model kinds: what each has built in, the rotation augmentation, and that every kind
 trains from its config and works with save/load, export, the calculator and the audit."""
+import glob
 import os
 
 import numpy as np
@@ -17,6 +18,7 @@ from e3pot.data.neighbors import SpeciesMap, atoms_to_graph
 from e3pot.data.graph import Labels, collate
 from e3pot.model.export import ExportedModel, export_model
 from e3pot.model.forces import evaluate
+from e3pot.model import kinds
 from e3pot.model.kinds import KINDS, build_model
 from tests.conftest import SPECIES, graph_of, make_model
 from tests.trained_model import ROOT, single_torch_thread, training_frames  # noqa: F401  (fixture)
@@ -157,6 +159,12 @@ def test_baseline_config_trains_and_runs_everywhere(config, kind, tmp_path, monk
     assert model.config["kind"] == kind and type(model) is KINDS[kind]
     if config == "invariant":
         assert model.config["l_max"] == 0
+    # the checkpoint records the settings of the model built: those of its kind, defaults filled in
+    (ckpt,) = glob.glob(os.path.join(tmp_path, "runs", config, "version_0", "checkpoints", "last.ckpt"))
+    hp = torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]
+    assert {name for name in hp if name in kinds.SETTINGS} == set(kinds.defaults(kind))
+    assert {name: hp[name] for name in kinds.defaults(kind)} == {
+        name: value for name, value in model.config.items() if name in kinds.SETTINGS}
 
     atoms = training_frames()[0]
     atoms.calc = e3pot.E3PotCalculator(path)
