@@ -227,3 +227,16 @@ def test_every_config_parses_and_builds(path, capsys):
     model = kinds.build_model({"kind": kind, "atomic_numbers": [1, 6, 8],
                                **{name: module.hparams[name] for name in kinds.defaults(kind)}})
     assert type(model) is kinds.model_class(kind)
+
+
+@pytest.mark.parametrize("kind, options, cutoff", [("egnn", [], kinds.defaults("egnn")["r_max"]),
+                                                   ("cartesian", ["--model.r_max", "3.5"], 3.5)])
+def test_graph_cutoff_is_the_models(kind, options, cutoff, tmp_path, monkeypatch):
+    """data.r_max follows model.r_max, the kind's default when it is not given."""
+    from e3pot.train.cli import E3PotCLI
+    from e3pot.train.datamodule import E3PotDataModule
+
+    monkeypatch.chdir(tmp_path)
+    cli = E3PotCLI(E3PotModule, E3PotDataModule, run=False, save_config_callback=None,
+                   args=["--data.train_file", TRAIN_FILE, "--model.kind", kind, "--trainer.logger", "false", *options])
+    assert cli.model.hparams.r_max == cli.datamodule.r_max == cutoff
