@@ -10,15 +10,16 @@
 * ``aspirin``: ``configs/rmd17.yaml`` on ``rmd17/rmd17_aspirin_train_01.npz``, tested on the 1000
   frames of ``rmd17_aspirin_test_01.npz``.
 
-Both use a per-atom energy : force loss of 1 : 1 unless ``--forces-weight`` says otherwise. The validation energy MAE of every epoch comes
-from the run's ``metrics.csv``. Extra arguments after ``--`` go to the training command.
+Both use a per-atom energy : force loss of 1 : 1 unless ``--forces-weight`` says otherwise. The test
+errors come from :mod:`e3pot.metrics` (as ``e3pot predict`` scores them), the validation energy MAE of
+every epoch from the run's ``metrics.csv``. The results go to ``--out`` with their provenance
+(``benchmarks/results.py``). Extra arguments after ``--`` go to the training command.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import glob
-import json
 import os
 import sys
 import time
@@ -27,6 +28,9 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import results  # noqa: E402  (benchmarks/results.py)
 
 
 def read(path: str, energy_unit: str = "eV", val_of_split: bool = False) -> list:
@@ -40,18 +44,15 @@ def read(path: str, energy_unit: str = "eV", val_of_split: bool = False) -> list
 
 
 def errors(model_path: str, frames: list) -> dict:
-    """Energy MAE, RMSE and mean signed error (meV per structure), force MAE (meV/Å)."""
+    """Energy MAE, RMSE, mean signed error and standard deviation of the errors (meV per structure),
+    force MAE (meV/Å), from :mod:`e3pot.metrics` (as ``e3pot predict`` scores them)."""
     import e3pot
-    from ase import Atoms
+    from e3pot.metrics import score
 
-    model = e3pot.load_model(model_path)
-    atoms = [Atoms(numbers=f.numbers, positions=f.positions) for f in frames]
-    preds = e3pot.predict(model, atoms, batch_size=50)
-    e_err = 1000 * np.array([p["energy"] - f.energy for p, f in zip(preds, frames)])
-    f_err = 1000 * np.concatenate([(p["forces"] - f.forces).ravel() for p, f in zip(preds, frames)])
-    return {"n": len(frames), "energy_mae_meV": float(np.abs(e_err).mean()),
-            "energy_rmse_meV": float(np.sqrt((e_err ** 2).mean())), "energy_mean_meV": float(e_err.mean()),
-            "energy_std_meV": float(e_err.std()), "forces_mae_meV_A": float(np.abs(f_err).mean())}
+    s = score(e3pot.load_model(model_path), frames, batch_size=50).summary()
+    return {"n": s["n_structures"], "energy_mae_meV": s["energy_mae_meV"], "energy_rmse_meV": s["energy_rmse_meV"],
+            "energy_mean_meV": s["energy_mean_meV"], "energy_std_meV": s["energy_std_meV"],
+            "forces_mae_meV_A": s["forces_mae_meV_A"]}
 
 
 def val_curve(run_dir: str) -> list:
@@ -74,7 +75,8 @@ def main(argv=None) -> dict:
     p.add_argument("--minutes", type=float, default=30.0)
     p.add_argument("--forces-weight", type=float, default=1.0, help="per-atom energy weight is 1")
     p.add_argument("--tag", default="", help="added to the run name and the result file")
-    p.add_argument("--out", default=os.path.join("benchmarks", "results"))
+    p.add_argument("--out", default=results.FOLDER,
+                   help="folder of the results (<name>.json with provenance, <name>.md); default benchmarks/results")
     args = p.parse_args(argv)
 
     from e3pot.train.cli import main as train_main
@@ -107,17 +109,19 @@ def main(argv=None) -> dict:
     for label, frames in tests.items():
         result["tests"][label] = errors(model_path, frames)
 
-    print(f"\n{args.dataset}: {args.minutes:g} min of training ({len(result['curve'])} epochs)\n")
-    print("| frames | energy MAE (meV) | energy RMSE (meV) | mean error (meV) | force MAE (meV/Å) |\n|---|---|---|---|---|")
+    lines = [f"{args.dataset}: {args.minutes:g} min of training ({len(result['curve'])} epochs)", "",
+             "| frames | energy MAE (meV) | energy RMSE (meV) | mean error (meV) | force MAE (meV/Å) |",
+             "|---|---|---|---|---|"]
     for label, r in result["tests"].items():
-        print(f"| {label} | {r['energy_mae_meV']:.2f} | {r['energy_rmse_meV']:.2f} | {r['energy_mean_meV']:+.2f} | "
-              f"{r['forces_mae_meV_A']:.2f} |")
+        lines.append(f"| {label} | {r['energy_mae_meV']:.2f} | {r['energy_rmse_meV']:.2f} | "
+                     f"{r['energy_mean_meV']:+.2f} | {r['forces_mae_meV_A']:.2f} |")
     curve = result["curve"]
     picks = sorted({curve[int(round(k * (len(curve) - 1) / 5))][0] for k in range(6)}) if curve else []
-    print("\nvalidation energy MAE (meV) / force MAE (meV/Å) by epoch: " +
-          ", ".join(f"{e}: {em:.1f} / {fm:.1f}" for e, em, fm in curve if e in picks))
-    with open(os.path.join(args.out, name + ".json"), "w") as fh:
-        json.dump(result, fh, indent=1, default=float)
+    lines += ["", "validation energy MAE (meV) / force MAE (meV/Å) by epoch: " +
+              ", ".join(f"{e}: {em:.1f} / {fm:.1f}" for e, em, fm in curve if e in picks)]
+    table = "\n".join(lines)
+    print("\n" + table)
+    print(f"\nresults: {results.write(name, result, table, folder=args.out)} and .md")
     return result
 
 

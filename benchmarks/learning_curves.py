@@ -10,9 +10,11 @@ A point (molecule, model, N) trains configs/rmd17.yaml plus the model's override
 first N training frames of ``rmd17_<molecule>_train_01.npz`` (50 frames held out for validation, as in
 rmd17.py) for ``--seconds`` of wall time, then evaluates the saved model on the 1000 frames of
 ``rmd17_<molecule>_test_01.npz``. Points run as separate processes, ``--jobs`` at a time with
-``--threads`` torch threads each. Each writes ``<out>/points/<point>.json``; a point whose file exists
-is not run again, so an interrupted run resumes. Runs, models and logs go under ``--out``; the summary
-is ``learning_curves.{json,md,png}`` there. Extra arguments after ``--`` go to every training command.
+``--threads`` torch threads each; the test errors come from :mod:`e3pot.metrics` (rmd17.py's
+``evaluate_test``, as ``e3pot predict --energy-unit kcal/mol`` scores them). Each writes
+``<out>/points/<point>.json``; a point whose file exists is not run again, so an interrupted run
+resumes. Runs, models and logs go under ``--out``; the summary is ``learning_curves.{json,md,png}``
+there, the JSON and the table with the run's provenance (``benchmarks/results.py``). Extra arguments after ``--`` go to every training command.
 """
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+
+import results  # noqa: E402  (benchmarks/results.py)
 
 # Every model starts from configs/rmd17.yaml; these overrides make the kinds differ.
 MODELS = {
@@ -74,6 +78,7 @@ def run_point(spec: dict) -> dict:
     from rmd17 import evaluate_test, train  # puts the repository first on sys.path
 
     import e3pot
+    from e3pot.files import write_text
 
     shutil.rmtree(os.path.join("runs", spec["name"]), ignore_errors=True)  # a failed earlier try
     model_path, wall = train(spec["train_file"], spec["seconds"] / 60, spec["n_train"], spec["name"], spec["args"])
@@ -90,9 +95,7 @@ def run_point(spec: dict) -> dict:
                device=device, torch_threads=torch.get_num_threads())
     path = point_file(".", spec["name"])
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as fh:
-        json.dump(res, fh, indent=1, default=float)
-    os.replace(path + ".tmp", path)  # a point file exists only once the point is complete
+    write_text(path, json.dumps(res, indent=1, default=float))  # a point file exists only once the point is complete
     return res
 
 
@@ -138,7 +141,7 @@ def curves(points: list, molecules: list, models: list) -> list:
 def markdown(points: list, args, failed: list, extra: list) -> str:
     sizes = args.sizes
     devices = sorted({p["device"] for p in points})
-    lines = [f"# Learning curves on rMD17 (test split 01, {points[0]['n_test'] if points else '?'} frames)", "",
+    lines = [f"## Learning curves on rMD17 (test split 01, {points[0]['n_test'] if points else '?'} frames)", "",
              f"Every point: configs/rmd17.yaml plus the model's overrides, trained for {args.seconds} s of wall time "
              f"on the first N training frames (50 frames held out for validation), {args.jobs} point(s) at a time "
              f"with {args.threads} torch thread(s) each, on {', '.join(devices) or '?'}."
@@ -288,11 +291,8 @@ def main(argv=None) -> dict:
     result = {"molecules": args.molecules, "models": {m: MODELS[m] for m in args.models}, "sizes": args.sizes,
               "seconds": args.seconds, "jobs": args.jobs, "threads": args.threads, "extra": extra,
               "points": points, "failed": [{"name": n, "log": log} for n, log in failed]}
-    with open(os.path.join(out, "learning_curves.json"), "w") as fh:
-        json.dump(result, fh, indent=1, default=float)
     text = markdown(points, args, failed, extra)
-    with open(os.path.join(out, "learning_curves.md"), "w") as fh:
-        fh.write(text)
+    results.write("learning_curves", result, text, folder=out)  # with the run's provenance
     print("\n" + text)
     png = plot(points, args, os.path.join(out, "learning_curves.png")) if points else None
     print(f"written: {os.path.join(out, 'learning_curves.json')}, .md" + (", .png" if png else ""))

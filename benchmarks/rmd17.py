@@ -6,21 +6,23 @@
 
 Trains with configs/rmd17.yaml on ``rmd17_<molecule>_train_01.npz`` (950 train / 50 validation
 frames, or the first N training frames for a learning curve), evaluates the saved model on the
-1000 frames of ``rmd17_<molecule>_test_01.npz`` and prints energy and force MAE. Extra arguments
-after ``--`` go to the training command (e.g. ``-- --model.num_layers 3``).
+1000 frames of ``rmd17_<molecule>_test_01.npz`` with :mod:`e3pot.metrics` (as ``e3pot predict
+--energy-unit kcal/mol`` does), prints energy and force MAE and writes them with their provenance
+(``benchmarks/results.py``) to ``--out``. Extra arguments after ``--`` go to the training command
+(e.g. ``-- --model.num_layers 3``).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
-import numpy as np
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import results  # noqa: E402  (benchmarks/results.py)
 
 # MAE at 1000 training frames, energy meV / forces meV/Å, from Batatia et al., "MACE", NeurIPS 2022, Table 1.
 PUBLISHED = {
@@ -38,20 +40,19 @@ PUBLISHED = {
 
 
 def evaluate_test(model_path: str, test_file: str, batch_size: int = 50) -> dict:
-    """Energy MAE (meV per structure) and force MAE (meV/Å) on an rMD17 test file."""
+    """Energy MAE, RMSE and mean signed error (meV per structure), force MAE and RMSE (meV/Å) on an
+    rMD17 test file (labels in kcal/mol), as ``e3pot predict --energy-unit kcal/mol`` scores it."""
     import e3pot
-    from ase import Atoms
-    from e3pot.data.io import LabelSpec, read_frames
+    from e3pot.data.io import LabelSpec, iter_labelled
+    from e3pot.metrics import score
 
-    model = e3pot.load_model(model_path)
-    frames = read_frames(test_file, LabelSpec(energy_unit="kcal/mol"), require=("energy", "forces"))
-    atoms = [Atoms(numbers=f.numbers, positions=f.positions) for f in frames]
-    preds = e3pot.predict(model, atoms, batch_size=batch_size)
-    e_err = np.array([p["energy"] - f.energy for p, f in zip(preds, frames)])
-    f_err = np.concatenate([(p["forces"] - f.forces).ravel() for p, f in zip(preds, frames)])
-    return {"n_test": len(frames), "energy_mae_meV": 1000 * np.abs(e_err).mean(),
-            "energy_rmse_meV": 1000 * np.sqrt((e_err ** 2).mean()), "forces_mae_meV_A": 1000 * np.abs(f_err).mean(),
-            "forces_rmse_meV_A": 1000 * np.sqrt((f_err ** 2).mean())}
+    errors = score(e3pot.load_model(model_path), iter_labelled(test_file, LabelSpec(energy_unit="kcal/mol")),
+                   batch_size=batch_size)
+    s = errors.summary()
+    return {"n_test": s["n_structures"], "energy_mae_meV": s["energy_mae_meV"],
+            "energy_rmse_meV": s["energy_rmse_meV"], "energy_mean_meV": s["energy_mean_meV"],
+            "forces_mae_meV_A": s["forces_mae_meV_A"], "forces_rmse_meV_A": s["forces_rmse_meV_A"],
+            "n_left_out_nonfinite": s["n_left_out_nonfinite"]}
 
 
 def train(train_file: str, minutes: float, n_train: int | None, run_name: str, extra: list) -> tuple[str, float]:
@@ -108,7 +109,9 @@ def main(argv=None) -> dict:
     p.add_argument("--molecule", default="aspirin")
     p.add_argument("--minutes", type=float, default=30.0, help="training wall time per run")
     p.add_argument("--learning-curve", type=int, nargs="*", help="training-set sizes (e.g. 50 100 250 500 950)")
-    p.add_argument("--out", default=os.path.join("benchmarks", "results"))
+    p.add_argument("--out", default=results.FOLDER,
+                   help="folder of the results (<name>.json with provenance, <name>.md, the learning curve's PNG); "
+                        "default benchmarks/results")
     args = p.parse_args(argv)
 
     train_file = os.path.join(args.data, f"rmd17_{args.molecule}_train_01.npz")
@@ -128,18 +131,20 @@ def main(argv=None) -> dict:
         print(f"n_train={res['n_train']}: energy MAE {res['energy_mae_meV']:.2f} meV, "
               f"force MAE {res['forces_mae_meV_A']:.2f} meV/Å ({wall / 60:.1f} min)", flush=True)
 
-    print(f"\nrMD17 {args.molecule}, test split 01 ({points[0]['n_test']} frames), "
-          f"{args.minutes:g} min of training per run on this machine\n")
-    print("| model | training frames | budget | energy MAE (meV) | force MAE (meV/Å) | source |\n|---|---|---|---|---|---|")
+    lines = ["| model | training frames | budget | energy MAE (meV) | force MAE (meV/Å) | source |",
+             "|---|---|---|---|---|---|"]
     for r in points:
-        print(f"| e3pot | {r['n_train']} | {args.minutes:g} min CPU | {r['energy_mae_meV']:.2f} | "
-              f"{r['forces_mae_meV_A']:.2f} | this run |")
+        lines.append(f"| e3pot | {r['n_train']} | {args.minutes:g} min CPU | {r['energy_mae_meV']:.2f} | "
+                     f"{r['forces_mae_meV_A']:.2f} | this run |")
     for name, (e, f) in PUBLISHED.get(args.molecule, {}).items():
-        print(f"| {name} | 950 (+50 val) | days, GPU | {e} | {f} | Batatia et al. 2022, Table 1 |")
+        lines.append(f"| {name} | 950 (+50 val) | days, GPU | {e} | {f} | Batatia et al. 2022, Table 1 |")
+    title = (f"rMD17 {args.molecule}, test split 01 ({points[0]['n_test']} frames), "
+             f"{args.minutes:g} min of training per run on this machine")
+    table = title + "\n\n" + "\n".join(lines)
+    print("\n" + table)
     out = {"molecule": args.molecule, "minutes": args.minutes, "points": points}
     tag = f"rmd17_{args.molecule}_{args.minutes:g}min" + ("_curve" if args.learning_curve else "")
-    with open(os.path.join(args.out, tag + ".json"), "w") as fh:
-        json.dump(out, fh, indent=1, default=float)
+    print(f"\nresults: {results.write(tag, out, table, folder=args.out)} and .md")
     if args.learning_curve:
         png = plot_curve(points, os.path.join(args.out, tag + ".png"), args.molecule)
         if png:

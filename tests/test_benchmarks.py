@@ -58,7 +58,32 @@ def test_rmd17_smoke(tmp_path, capsys, monkeypatch):
     assert [p["n_train"] for p in out["points"]] == [10, 20]
     assert all(p["n_test"] == 10 and np.isfinite(p["forces_mae_meV_A"]) for p in out["points"])
     assert "| e3pot | 10 | 1 min CPU |" in text
-    assert (tmp_path / "results" / "rmd17_fake_1min_curve.json").exists()
+    saved = json.loads((tmp_path / "results" / "rmd17_fake_1min_curve.json").read_text())  # benchmarks/results.py
+    assert {"date", "commit", "machine", "versions"} <= set(saved["provenance"])
+    assert [p["n_train"] for p in saved["results"]["points"]] == [10, 20]
+    assert "| e3pot | 10 | 1 min CPU |" in (tmp_path / "results" / "rmd17_fake_1min_curve.md").read_text()
+
+
+def test_energy_accuracy_smoke(tmp_path, capsys, monkeypatch):
+    import energy_accuracy
+
+    (tmp_path / "rmd17").mkdir()
+    fake_rmd17(tmp_path / "rmd17", "rmd17_aspirin_train_01.npz", 70)  # ethanol under aspirin's name
+    fake_rmd17(tmp_path / "rmd17", "rmd17_aspirin_test_01.npz", 10)
+    monkeypatch.chdir(tmp_path)
+    out = energy_accuracy.main(["--dataset", "aspirin", "--data", str(tmp_path), "--minutes", "1",
+                                "--out", str(tmp_path / "results"), "--",
+                                "--trainer.max_epochs", "1", "--model.l_max", "1", "--model.num_features", "4",
+                                "--model.num_layers", "1", "--model.radial_hidden", "8",
+                                "--trainer.enable_model_summary", "false"])
+    text = capsys.readouterr().out
+    (test,) = out["tests"].values()
+    assert test["n"] == 10 and np.isfinite(test["energy_mae_meV"]) and np.isfinite(test["forces_mae_meV_A"])
+    assert test["energy_std_meV"] <= test["energy_rmse_meV"] + 1e-9
+    assert "| test (1000) |" in text
+    saved = json.loads((tmp_path / "results" / "energy-aspirin-1min.json").read_text())
+    assert saved["results"]["tests"]["test (1000)"]["n"] == 10 and "commit" in saved["provenance"]
+    assert (tmp_path / "results" / "energy-aspirin-1min.md").exists()
 
 
 def test_large_systems_smoke(tmp_path, capsys):

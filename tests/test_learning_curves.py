@@ -45,9 +45,11 @@ def test_learning_curves_smoke(tmp_path, capsys, monkeypatch):
 
     for name in ("learning_curves.json", "learning_curves.md", "learning_curves.png"):
         assert (out_dir / name).stat().st_size > 0
-    saved = json.loads((out_dir / "learning_curves.json").read_text())
-    assert [p["name"] for p in saved["points"]] == [p["name"] for p in out["points"]]
+    saved = json.loads((out_dir / "learning_curves.json").read_text())  # written by benchmarks/results.py
+    assert [p["name"] for p in saved["results"]["points"]] == [p["name"] for p in out["points"]]
+    assert {"date", "commit", "machine", "versions"} <= set(saved["provenance"])
     md = (out_dir / "learning_curves.md").read_text()
+    assert "Measured " in md and " at commit " in md
     rows = [line for line in md.splitlines() if line.startswith("| fake |")]
     for model in SMOKE_MODELS:  # one row in the accuracy table and one in the progress table
         assert sum(f"| {learning_curves.MODELS[model]['label']} |" in row for row in rows) == 2
