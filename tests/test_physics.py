@@ -9,7 +9,12 @@ from ase.neighborlist import neighbor_list as ase_neighbor_list
 from e3pot.data.graph import collate
 from e3pot.data.neighbors import SpeciesMap, atoms_to_graph, neighbor_list
 from e3pot.model.forces import evaluate
+from e3pot.testing import random_model
+from e3pot.testing.flawed import DetachedPair, HessianBlind
 from tests.conftest import graph_of
+
+KINDS = [("e3", {}), ("e3", {"l_max": 0}), ("cartesian", {}), ("egnn", {})]
+KIND_IDS = ["e3", "invariant", "cartesian", "egnn"]
 
 
 def energies_of(model, structures):
@@ -56,15 +61,57 @@ def test_stress_matches_finite_differences(model64, periodic):
     np.testing.assert_allclose(stress, fd, atol=1e-7, rtol=1e-6)
 
 
-def test_gradcheck(model64):
-    atoms = molecule("H2O")
-    graph = graph_of(atoms, model64)
+def energy_functions(model, graph):
+    """The total energy and a randomly weighted sum of the forces as functions of the positions, through
+    the model's per-atom energies on the same graph with those positions (nothing detached), so that
+    gradcheck sees every path from positions to output."""
+    weights = torch.randn(graph.positions.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
 
-    def energy(pos):
-        return evaluate(model64, graph._replace(positions=pos), training=True).forces.sum()
+    def energy(positions):
+        return model(graph._replace(positions=positions)).sum()
 
-    pos = graph.positions.clone().requires_grad_(True)
-    assert torch.autograd.gradcheck(energy, (pos,), eps=1e-6, atol=1e-6)
+    def weighted_forces(positions):
+        (grad,) = torch.autograd.grad(energy(positions), positions, create_graph=True)
+        return -(grad * weights).sum()
+
+    return energy, weighted_forces
+
+
+def gradchecks(model, atoms):
+    """(autograd's first derivative agrees with finite differences, and its second derivative too)."""
+    graph = graph_of(atoms, model)
+    energy, weighted_forces = energy_functions(model, graph)
+    positions = graph.positions.clone().requires_grad_(True)
+    return tuple(torch.autograd.gradcheck(f, (positions,), eps=1e-6, atol=1e-6, fast_mode=True,
+                                           raise_exception=False)
+                 for f in (energy, weighted_forces))
+
+
+@pytest.mark.parametrize("kind, options", KINDS, ids=KIND_IDS)
+@pytest.mark.parametrize("which", ["ethanol", "periodic"])
+def test_gradcheck(kind, options, which, ethanol, periodic):
+    model = random_model(kind, **options)
+    atoms = {"ethanol": ethanol, "periodic": periodic}[which]
+    assert gradchecks(model, atoms) == (True, True)
+    # the forces that every caller gets are the derivative gradcheck has just verified
+    graph = graph_of(atoms, model)
+    energy, _ = energy_functions(model, graph)
+    positions = graph.positions.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(energy(positions), positions)
+    forces = evaluate(model, graph).forces
+    assert forces.abs().max() > 1e-2
+    assert torch.allclose(forces, -grad, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("flawed, expected", [(DetachedPair, (False, True)), (HessianBlind, (True, False))],
+                         ids=["detached-energy-term", "detached-force-slope"])
+def test_gradcheck_fails_on_wrong_derivatives(flawed, expected):
+    """A term autograd does not see fails the first-derivative check; a term whose slope is right but
+    whose own derivative is lost passes it and fails the second. (Water: a failed fast gradcheck is
+    repeated in slow mode, one evaluation per coordinate.)"""
+    water = molecule("H2O")
+    water.positions += np.random.default_rng(0).normal(scale=0.05, size=water.positions.shape)
+    assert gradchecks(flawed(random_model("e3")), water) == expected
 
 
 def test_batch_equals_single(model, ethanol, periodic):
