@@ -14,7 +14,8 @@ rmd17.py) for ``--seconds`` of wall time, then evaluates the saved model on the 
 ``evaluate_test``, as ``e3pot predict --energy-unit kcal/mol`` scores them). Each writes
 ``<out>/points/<point>.json``; a point whose file exists is not run again, so an interrupted run
 resumes. Runs, models and logs go under ``--out``; the summary is ``learning_curves.{json,md,png}``
-there, the JSON and the table with the run's provenance (``benchmarks/results.py``). Extra arguments after ``--`` go to every training command.
+there, the JSON and the table with the run's provenance (``benchmarks/results.py``). Extra arguments
+after ``--`` go to every training command.
 """
 from __future__ import annotations
 

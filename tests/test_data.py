@@ -7,7 +7,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 from ase.units import kcal, mol
 
-from e3pot.data.io import DataError, LabelSpec, read_frames
+from e3pot.data.io import DataError, LabelSpec, count_frames, iter_labelled, read_frames
 from e3pot.data.neighbors import SpeciesMap
 from e3pot.train.datamodule import E3PotDataModule
 from e3pot.predict import predict
@@ -72,6 +72,45 @@ def test_rmd17_npz_kcal(tmp_path):
     assert frames[4].energy == pytest.approx(raw["energies"][4] * kcal / mol)
     np.testing.assert_allclose(frames[4].forces, raw["forces"][4] * kcal / mol)
     assert not frames[0].pbc.any()
+
+
+def test_iter_labelled_converts_labels_into_the_structures(tmp_path):
+    """The reader of e3pot predict: labels where the options say, in eV, eV/Å and eV/Å^3, as the
+    structures' calculator results; the input's label entries are not carried along."""
+    from ase.build import bulk
+    from ase.units import GPa
+
+    si = bulk("Si", "diamond", a=5.4 / 0.52917721)  # in Bohr
+    si.info.update(E_ha=-0.5, S_gpa=np.array([1.0, 2.0, 3.0, 0.1, 0.2, 0.3]), config_type="bulk")
+    si.arrays["F_ha"] = np.ones((2, 3))
+    path = str(tmp_path / "si.extxyz")
+    write(path, [si])
+    labels = LabelSpec(energy_key="E_ha", forces_key="F_ha", stress_key="S_gpa", energy_unit="Hartree",
+                       length_unit="Bohr", stress_unit="GPa")
+    ((source, atoms, frame),) = list(iter_labelled(path, labels))
+    assert source == f"{path}, frame 0"
+    assert atoms.get_potential_energy() == pytest.approx(-0.5 * 27.211386, rel=1e-6) == frame.energy
+    np.testing.assert_allclose(atoms.get_forces(), 27.211386 / 0.52917721 * np.ones((2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(atoms.get_stress(), np.array([1.0, 2.0, 3.0, 0.1, 0.2, 0.3]) * GPa, rtol=1e-12)
+    assert atoms.cell.lengths() == pytest.approx(si.cell.lengths() * 0.52917721, rel=1e-7)
+    assert atoms.info == {"config_type": "bulk"} and "F_ha" not in atoms.arrays
+    # the default options give the structures as read
+    write(path, labelled(2))
+    for _, atoms, frame in iter_labelled(path):
+        assert atoms.get_potential_energy() == frame.energy and "forces" not in atoms.arrays
+
+
+def test_iter_labelled_npz_leaves_nan_labels_to_the_caller(tmp_path):
+    path = str(tmp_path / "nan.npz")
+    energies = np.zeros(6)
+    energies[4] = np.nan
+    coords = write_npz(path, n=6, energies=energies)
+    items = list(iter_labelled(path, LabelSpec(energy_unit="kcal/mol")))
+    assert count_frames([path]) == 6 and len(items) == 6
+    source, atoms, frame = items[4]
+    assert source == f"{path}, frame 4" and np.isnan(frame.energy)
+    np.testing.assert_allclose(atoms.positions, coords[4])
+    assert not atoms.pbc.any() and atoms.get_forces().shape == (9, 3)
 
 
 def test_split_is_seeded_and_n_train_takes_first(tmp_path):

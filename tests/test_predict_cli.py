@@ -156,6 +156,16 @@ def test_error_table_against_reference_labels(trained_model, tmp_path, capsys):
     assert np.abs(expected["forces"]).mean() < 0.6  # eV/Å
 
 
+def test_help_names_the_label_options_and_the_units_written(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for option in ("--energy-key", "--forces-key", "--stress-key", "--energy-unit", "--length-unit", "--stress-unit"):
+        assert option in text
+    assert "kcal/mol" in text and "Bohr" in text and "npz" in text
+    assert "everything written is in eV and Å" in text
+
+
 # -- bad inputs ---------------------------------------------------------------------------------
 
 def run_failing(argv, capsys, out):
