@@ -153,6 +153,20 @@ class Errors:
         return (f"left out of the error metrics: {self.left_out} {what} with a NaN or infinite reference energy or "
                 f"forces (the first: {self.first_left_out})")
 
+    def report(self, metrics: Optional[dict] = None) -> str:
+        """The printed report: the overall table, the table per group (when the structures have
+        groups) and the line on structures left out; "" when there is nothing to say."""
+        metrics = metrics or self.metrics()
+        table, lines = self.table(metrics), []
+        if table:
+            lines.append("\nErrors against the reference labels in the inputs:\n" + table)
+        if table and self.typed:
+            lines.append(f"\nBy {self.group_by} (energy per atom in meV/atom, forces in meV/Å):\n"
+                         + self.group_table(metrics))
+        if self.left_out:
+            lines.append(("\n" if table else "") + self.left_out_line())
+        return "\n".join(lines)
+
     @staticmethod
     def table(metrics: dict) -> str:
         """The overall MAE, RMSE and mean signed error of :meth:`metrics` as a markdown table ("" when

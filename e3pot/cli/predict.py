@@ -127,7 +127,7 @@ def check_args(args):
 
 
 def _items(paths: List[str], labels):
-    """(source, atoms, labels) of every structure of the inputs, in order, one at a time."""
+    """(source, atoms, frame) of every structure of the inputs, in order, one at a time (see iter_labelled)."""
     from e3pot.data.io import iter_labelled
 
     return itertools.chain.from_iterable(iter_labelled(path, labels) for path in paths)
@@ -197,16 +197,8 @@ def _report(args, errors, tmp: Dict[str, str]) -> str:
     """The error tables, as text; the metrics JSON and the parity plot, written to their temporary
     files ``tmp[option]``."""
     metrics = errors.metrics()
-    table = errors.table(metrics)
-    lines = []
-    if table:
-        lines.append("\nErrors against the reference labels in the inputs:\n" + table)
-    if table and errors.typed:
-        lines.append(f"\nBy {args.group_by} (energy per atom in meV/atom, forces in meV/Å):\n"
-                     + errors.group_table(metrics))
-    if errors.left_out:
-        lines.append(("\n" if table else "") + errors.left_out_line())
-    if (args.plot or args.metrics_json) and not table:  # the inputs changed since _check_inputs
+    lines = [errors.report(metrics)]
+    if (args.plot or args.metrics_json) and not errors.table(metrics):  # the inputs changed since _check_inputs
         raise ValueError("no structure had a finite reference energy or forces; no output, plot or metrics written")
     if args.metrics_json:
         with open(tmp["--metrics-json"], "w", encoding="utf-8") as fh:  # strict JSON: missing values are null
@@ -217,7 +209,7 @@ def _report(args, errors, tmp: Dict[str, str]) -> str:
 
         plot_errors(tmp["--plot"], errors)
         lines.append(f"wrote the parity plot to {args.plot}")
-    return "\n".join(lines)
+    return "\n".join(line for line in lines if line)
 
 
 def _one_line(exc: BaseException) -> str:
