@@ -6,6 +6,7 @@ from ase.build import molecule
 from conftest import make_model
 from test_large_systems import assert_same, water_box
 
+import e3pot
 from e3pot.calculator import E3PotCalculator
 from e3pot.data.graph import collate
 from e3pot.data.neighbors import SpeciesMap, atoms_to_graph
@@ -44,6 +45,7 @@ def test_compiled_equals_eager_float64_periodic_batches_and_new_sizes():
     for structures in (mols, mols[1:3]):
         graph = graphs(model, structures)
         assert_same(tuple(evaluate(model, graph)), compiled(graph, False), rtol=1e-10)
+        assert_same(compiled(graph, False), tuple(e3pot.evaluate(compiled, graph)), rtol=1e-14)  # the dispatcher
     # one compilation per kind of call ({one structure, a batch} x {with stress, without}); new sizes reuse it
     assert compiled.compilations == 2
 

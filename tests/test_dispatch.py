@@ -11,7 +11,7 @@ from test_large_systems import assert_same, water_box
 
 import e3pot
 from e3pot.model import forces, kinds
-from e3pot.model.chunked import GIB, chunkable, chunked_evaluate, footprint
+from e3pot.model.chunked import GIB, MemoryBudgetError, chunkable, chunked_evaluate, footprint
 from e3pot.model.compiled import CompiledModel
 from e3pot.model.export import METADATA_FILE, ExportedModel, export_model
 from e3pot.model.runtime import Path, choose_path, evaluate, run_model
@@ -167,9 +167,26 @@ def test_an_export_without_sizes_runs_in_one_piece(runtimes, box, tmp_path):
     graph = graph_of(box, runtimes["e3"]["eager"])
     assert old.energy_model is None and not chunkable(old)
     assert choose_path(old, graph, True, memory_budget=1e-6) == Path("exported")
-    with pytest.warns(UserWarning, match="written without the sizes.*export it again"):
+    with pytest.warns(UserWarning, match=r"written by an earlier e3pot without the sizes.*export it again"):
         out = run_model(old, graph, True, memory_budget=1e-6)
     assert_same(forces.evaluate(runtimes["e3"]["eager"], graph, compute_stress=True), out)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         run_model(old, graph, True)  # no budget given: nothing to say
+
+
+def test_a_compiled_model_out_of_memory_is_told_about_chunks(runtimes, box, monkeypatch):
+    """The allocator failing in a compiled call: the message gives the estimates of its eager model's chunks."""
+    compiled = runtimes["e3"]["compiled"]
+    graph = graph_of(box, runtimes["e3"]["eager"])
+
+    def out_of_memory(self, graph, compute_stress=False):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(CompiledModel, "__call__", out_of_memory)
+    assert choose_path(compiled, graph, True, memory_budget=100.0) == Path("compiled")
+    with pytest.raises(MemoryBudgetError) as info:
+        run_model(compiled, graph, True, memory_budget=100.0)
+    message = str(info.value)
+    assert "in one piece it needs about" in message and "in chunks at least" in message, message
+    assert "lower the budget" in message and "cannot be evaluated in chunks" not in message, message

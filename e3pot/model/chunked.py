@@ -25,6 +25,7 @@ from torch import Tensor
 
 from e3pot.data.graph import AtomicGraph
 from e3pot.model.base import EnergyModel, Runtime
+from e3pot.model.export import ExportedModel
 from e3pot.model.forces import stress_from_strain_derivative
 from e3pot.nn.scatter import scatter_sum
 
@@ -199,9 +200,9 @@ def model_kind(model) -> str:
 
 def _one_piece_reason(model) -> str:
     """Why ``model`` (not chunkable) is evaluated in one piece, for messages."""
-    if isinstance(model, Runtime) and model.chunk_sizes() is None and model_kind(model) in ("e3", "cartesian"):
-        return (f"this exported model of kind {model_kind(model)!r} was written without the sizes that chunked "
-                "evaluation needs (export it again with this version of e3pot)")
+    if isinstance(model, ExportedModel) and model.written_without_sizes:
+        return (f"this exported model (kind {model_kind(model)!r}) was written by an earlier e3pot without the sizes "
+                "that chunked evaluation needs (export it again: the export of a chunkable kind carries them)")
     return f"a model of kind {model_kind(model)!r} cannot be evaluated in chunks"
 
 

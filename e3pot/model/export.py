@@ -85,6 +85,7 @@ class ExportedModel(Runtime):
         self.device = torch.device(device)
         self.kind = str((info.get("config") or {}).get("kind", "e3"))
         sizes = info.get("chunk_sizes")
+        self.written_without_sizes = "chunk_sizes" not in info  # by an earlier version: even an e3 model
         self._chunk_sizes = None if sizes is None else [(int(e), int(d)) for e, d in sizes]
         self.energy_model = None if sizes is None else self.module.conservative.model  # the layout of _Exported
 
