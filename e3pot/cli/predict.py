@@ -26,10 +26,10 @@ from typing import Dict, List, Optional, Tuple
 
 from tqdm.auto import tqdm
 
-EPILOG = ("Units: everything written is in eV and Å. With any of the label options (--energy-key ... --stress-unit), "
-          "and for npz inputs, each structure in -o has its positions in Å and its reference labels, as read and "
-          "converted, as its energy (eV), forces (eV/Å) and stress (eV/Å^3); the input's own label entries are not "
-          "copied. Otherwise the structures are written as they were read. "
+EPILOG = ("Units: everything written is in eV and Å. With label options other than the defaults (--energy-key ... "
+          "--stress-unit), and for npz inputs, each structure in -o has its positions in Å and its reference labels, "
+          "as read and converted, as its energy (eV), forces (eV/Å) and stress (eV/Å^3); the input's own label "
+          "entries are not copied. Otherwise the structures are written as they were read. "
           "Outputs (-o, --csv, --plot, --metrics-json): an output is never one of the inputs, an output "
           "that exists already is replaced only with --overwrite, and every output is written to a temporary "
           "file in its own folder and moved into place only when the whole run has succeeded: a failed run "
