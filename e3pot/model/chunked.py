@@ -195,7 +195,10 @@ BATCH_ADVICE = ("evaluate fewer structures at a time (a smaller --batch-size in 
 def model_kind(model) -> str:
     """The kind of ``model`` (``e3``, ``cartesian``, ``egnn``; see :mod:`e3pot.model.kinds`), for messages."""
     kind = getattr(model, "kind", None)  # EnergyModel and Runtime both name it
-    return kind if isinstance(kind, str) else type(model).__name__
+    if isinstance(kind, str):
+        return kind
+    config = getattr(model, "config", None)  # a wrapper that keeps the model contract
+    return config["kind"] if isinstance(config, dict) and isinstance(config.get("kind"), str) else type(model).__name__
 
 
 def _one_piece_reason(model) -> str:
