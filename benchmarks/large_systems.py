@@ -6,7 +6,7 @@ Each size is the 768-atom water box (1 g/cm^3, ``water_box.xyz`` from --data-dir
 generated one) repeated along the cell vectors. Each row runs in a fresh child process, so its peak
 RSS (VmHWM) is its own: build the model (NequIP-matched hyperparameters by default, float32), build
 the graph (timed: the neighbour list), then energy+forces (or energy+forces+stress) calls through
-:func:`e3pot.model.forces.evaluate` with the default memory budget, or --budget GiB. ``direct`` rows
+:func:`e3pot.evaluate` with the default memory budget, or --budget GiB. ``direct`` rows
 force the one-piece path and ``chunked`` rows the chunked one, for comparison at equal size. A last part times ASE MD steps through the calculator at
 12k atoms with and without the Verlet skin (--md-size, --md-steps).
 """
@@ -44,7 +44,7 @@ def child(args) -> None:
     from e3pot.data.graph import collate
     from e3pot.data.neighbors import SpeciesMap, atoms_to_graph
     from e3pot.model.chunked import CHUNK_GIB, GIB, default_budget, footprint, plan
-    from e3pot.model.forces import evaluate
+    from e3pot import evaluate
 
     tune_allocator()
     torch.set_num_threads(args.threads)
