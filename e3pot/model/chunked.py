@@ -1,7 +1,8 @@
 """Memory-bounded evaluation of large structures: chunks of receiving atoms and a layer-by-layer backward.
 
-A direct evaluation keeps every edge's activations of every layer for the force backward: about
-19 KB per edge and layer at NequIP's hyperparameters in float32, or 4 MB per atom of liquid water.
+A direct evaluation keeps every edge's activations of every layer for the force backward, so its
+memory grows with edges x layers x features (each model reports its own per-edge sizes:
+``chunk_sizes()``; docs/using.md gives the numbers at NequIP's hyperparameters).
 Here the edges are sorted by receiver and cut into chunks of contiguous receiving atoms. The forward
 runs without an autograd graph and keeps only each layer's per-atom features. The backward walks the
 layers in reverse and, chunk by chunk, recomputes the chunk's messages from the features of its own
@@ -30,13 +31,13 @@ from e3pot.model.forces import stress_from_strain_derivative
 from e3pot.nn.scatter import scatter_sum
 
 GIB = float(2 ** 30)
-# Largest working set of one chunk (GiB). On the CPU, chunks of about 16k edges (0.75 GiB at
-# NequIP's hyperparameters in float32) were the fastest at 768 atoms, and bigger ones were slower
-# (benchmarks/large_systems.py). On an H100, 110,592 atoms took 82, 38, 30, 27 and 26 µs/atom with
-# chunks of 2, 4, 8, 16 and 32 GiB: a GPU wants big chunks to keep its kernels busy.
+# Largest working set of one chunk (GiB): on the CPU a chunk should stay near the size of the caches'
+# working range (bigger ones ran slower), while a GPU wants big chunks to keep its kernels busy. The
+# values were chosen with benchmarks/large_systems.py --budget; its results files hold the timings.
 CHUNK_GIB = {"cpu": 0.75, "cuda": 16.0}
-# Default budget on the CPU (GiB), capped at 60% of the free memory. Chunked evaluation costs
-# about 1.0-1.3x the direct one per atom, so a large direct evaluation gains little.
+# Default budget on the CPU (GiB), capped at 60% of the free memory. Chunked evaluation runs each
+# chunk's forward twice, so it costs somewhat more per atom than the direct one (docs/benchmarks.md),
+# and a direct evaluation larger than this gains little.
 CPU_BUDGET_GIB = 6.0
 MIN_CHUNK_ATOMS = 32  # smaller chunks would spend more time in Python than in arithmetic
 
