@@ -3,17 +3,16 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from ase import Atoms
 from ase.build import molecule
 from ase.io import write
-from torch import nn
 
 import e3pot
 from e3pot.audit import audit, tolerances
 from e3pot.audit.structures import builtin
 from e3pot.cli.main import main as e3pot_main
 from e3pot.model.export import export_model
+from e3pot.testing.flawed import AbsoluteX, Chiral, DetachedPair, NeighbourCount
 from tests.conftest import make_model
 from tests.trained_model import model_file_64, single_torch_thread, trained_model  # noqa: F401  (fixtures)
 
@@ -53,59 +52,7 @@ def test_export_passes_in_its_own_dtype(trained_model, tmp_path, capsys):
     assert "note: float64 not checked" in out and "| float64 |" not in out
 
 
-# -- broken models, each failing the check that names its flaw ------------------------------------------
-
-class Flawed(nn.Module):
-    """A real tiny potential plus ``flaw(graph)`` (per-atom eV); the model contract is kept
-    (``forward(graph) -> per-atom energies``, ``atomic_numbers``, ``r_max``, ``dtype``, ``config``)."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-        self.atomic_numbers, self.r_max, self.config = inner.atomic_numbers, inner.r_max, inner.config
-
-    @property
-    def dtype(self):
-        return self.inner.dtype
-
-    def forward(self, graph):
-        return self.inner(graph) + self.flaw(graph)
-
-    def edges(self, graph):
-        """Edge vectors (n_edges, 3) and a smooth envelope (n_edges,) that vanishes with two derivatives at r_max."""
-        sender, receiver = graph.edge_index
-        vec = (graph.positions[sender] - graph.positions[receiver] + graph.edge_shift).to(torch.float64)
-        return vec, (1 - vec.norm(dim=-1) / self.r_max) ** 3
-
-    def per_atom(self, graph, values):
-        out = torch.zeros((graph.positions.shape[0],) + values.shape[1:], dtype=values.dtype)
-        return out.index_add(0, graph.edge_index[1], values)
-
-
-class AbsoluteX(Flawed):
-    def flaw(self, graph):  # depends on where the molecule is: no translation or rotation invariance
-        return 0.05 * graph.positions[:, 0].to(torch.float64)
-
-
-class Chiral(Flawed):
-    def flaw(self, graph):  # a pseudoscalar: invariant under rotations and permutations, odd under reflection
-        vec, env = self.edges(graph)
-        r = vec.norm(dim=-1, keepdim=True)
-        a, b, c = (self.per_atom(graph, env[:, None] * r ** k * vec) for k in range(3))
-        return 0.1 * torch.linalg.det(torch.stack([a, b, c], dim=1))
-
-
-class DetachedPair(Flawed):
-    def flaw(self, graph):  # energy that autograd does not see: the forces are not -dE/dR
-        _, env = self.edges(graph)
-        return self.per_atom(graph, 0.5 * env.detach())
-
-
-class NeighbourCount(Flawed):
-    def flaw(self, graph):  # 0.01 eV per neighbour: the energy jumps when one crosses r_max
-        ones = torch.ones(graph.edge_index.shape[1], dtype=torch.float64)
-        return 0.01 * self.per_atom(graph, ones)
-
+# -- broken models (e3pot.testing.flawed), each failing the check that names its flaw ----------------
 
 @pytest.mark.parametrize("flawed, fails", [
     (AbsoluteX, {"rotation", "rotoreflection", "translation"}),

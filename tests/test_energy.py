@@ -75,7 +75,7 @@ def test_calculator_and_predict_energies_are_float64(tmp_path):
     model = model_with_large_shift(torch.float32)
     atoms = aspirin_like()
     reference = copy.deepcopy(model).to(torch.float64)  # .to() converts in place: the model itself stays float32
-    ref = float(evaluate(reference, graph_of(atoms, reference)).energy[0])
+    ref = float(evaluate(reference, graph_of(atoms, reference)).energy[0].detach())
     assert model.dtype == torch.float32 and reference.dtype == torch.float64
 
     from e3pot.model.export import ExportedModel, export_model

@@ -12,21 +12,18 @@ tolerances; the report's notes say what was skipped.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
-from ase import Atoms
-from ase.data import covalent_radii
 
 from e3pot.audit.conservation import conservation_checks
 from e3pot.audit.derivatives import derivative_checks
 from e3pot.audit.report import AuditReport, Check
-from e3pot.audit.smoothness import smoothness_checks
+from e3pot.audit.smoothness import pull_targets, smoothness_checks
 from e3pot.audit.structures import builtin, checked
-from e3pot.audit.subject import Subject
+from e3pot.audit.subject import Subject, guarded
 from e3pot.audit.symmetry import symmetry_checks
 from e3pot.model.io import dtype_from_name
-from e3pot.model.runtime import NonFiniteError
 
 __all__ = ["audit", "AuditReport", "Check"]
 
@@ -68,38 +65,17 @@ def audit(model, structures: Optional[Sequence] = None, dtypes: Sequence[str] = 
     for k, (name, atoms) in enumerate(named):
         for d in runnable:  # the same draws in every dtype, so that their rows compare
             say(f"symmetry: {name}, {d}")
-            report.checks += _guarded("symmetry", name, d, lambda: symmetry_checks(subject, name, atoms, d, rng(k, 0)))
+            report.checks += guarded("symmetry", name, d, lambda: symmetry_checks(subject, name, atoms, d, rng(k, 0)))
     for k, (name, atoms) in enumerate(named):
         say(f"finite differences: {name}, {precise}")
-        report.checks += _guarded("finite differences", name, precise,
-                                  lambda: derivative_checks(subject, name, atoms, precise, rng(k, 1)))
-    for name, atoms in _pull_targets(named, subject):
+        report.checks += guarded("finite differences", name, precise,
+                                 lambda: derivative_checks(subject, name, atoms, precise, rng(k, 1)))
+    for name, atoms in pull_targets(named, subject):
         say(f"cutoff: {name}, {precise}")
-        report.checks += _guarded("cutoff", name, precise, lambda: smoothness_checks(subject, name, atoms, precise))
+        report.checks += guarded("cutoff", name, precise, lambda: smoothness_checks(subject, name, atoms, precise))
     if nve_steps > 0:
         k = next((k for k, (_, a) in enumerate(named) if not a.pbc.any()), 0)  # a molecule if there is one
         name, atoms = named[k]
         say(f"NVE: {nve_steps} steps, {name}, {precise}")
         report.checks += list(conservation_checks(subject, name, atoms, nve_steps, rng(k, 2)))
     return report
-
-
-def _guarded(group: str, name: str, dtype: str, run: Callable[[], Iterable[Check]]) -> List[Check]:
-    """The checks of ``run``, or one failed check when the model returned NaN or infinity on the way."""
-    try:
-        return list(run())
-    except NonFiniteError as exc:
-        return [Check(f"{group}: evaluation", name, dtype, float("nan"), 0.0, "-", str(exc))]
-
-
-def _pull_targets(named, subject) -> Iterator:
-    """The molecules (an atom pulled out of a periodic cell would meet its own images), or a dimer of
-    the model's first elements when there are none."""
-    molecules = [(n, a) for n, a in named if not a.pbc.any() and len(a) > 1]
-    if molecules:
-        yield from molecules
-        return
-    z = subject.atomic_numbers[:2] * (2 if len(subject.atomic_numbers) == 1 else 1)
-    bond = 1.1 * float(covalent_radii[z[0]] + covalent_radii[z[1]])
-    distance = min(max(0.5 * subject.r_max, bond), 0.9 * subject.r_max)
-    yield f"dimer {Atoms(z).get_chemical_formula()} (built-in)", Atoms(z, positions=[[0, 0, 0], [distance, 0, 0]])

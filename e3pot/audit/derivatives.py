@@ -2,7 +2,7 @@
 stress (1/V) dE/d(strain), whatever produced them."""
 from __future__ import annotations
 
-from typing import Iterator, List
+from typing import Iterator, List, Optional
 
 import numpy as np
 from ase import Atoms
@@ -14,10 +14,13 @@ from e3pot.audit.subject import relative
 STENCIL = ((-2, 1 / 12), (-1, -8 / 12), (1, 8 / 12), (2, -1 / 12))  # f'(0) ~ sum(w f(k h)) / h
 
 
-def derivative_checks(subject, name: str, atoms: Atoms, dtype: str, rng: np.random.Generator) -> Iterator[Check]:
+def derivative_checks(subject, name: str, atoms: Atoms, dtype: str, rng: np.random.Generator,
+                      components: Optional[int] = tol.FD_COMPONENTS) -> Iterator[Check]:
+    """Forces: ``components`` random (atom, direction) pairs (None: every one); stress: all six strains."""
     h, eta = tol.FD_STEP[dtype], tol.FD_STRAIN[dtype]
     n = len(atoms)
-    picks = rng.choice(3 * n, size=min(tol.FD_COMPONENTS, 3 * n), replace=False)
+    count = 3 * n if components is None else min(components, 3 * n)
+    picks = rng.choice(3 * n, size=count, replace=False)
     copies: List[Atoms] = [atoms]
     for flat in picks:
         for k, _ in STENCIL:
@@ -41,8 +44,9 @@ def derivative_checks(subject, name: str, atoms: Atoms, dtype: str, rng: np.rand
     fd_forces = -(energies[:n_f].reshape(len(picks), len(STENCIL)) @ weights) / h
     autograd = ref["forces"].reshape(-1)[picks]
     floor = tol.FORCE_FLOOR * np.sqrt(len(picks))
+    which = "all components" if len(picks) == 3 * n else f"{len(picks)} random components"
     yield Check("finite differences: forces", name, dtype, relative(autograd - fd_forces, autograd, floor),
-                tol.FD["forces"][dtype], "relative", note=f"{len(picks)} random components, step {h:g} Å")
+                tol.FD["forces"][dtype], "relative", note=f"{which}, step {h:g} Å")
     if has_stress:
         fd_stress = (energies[n_f:].reshape(len(strains), len(STENCIL)) @ weights) / eta / atoms.get_volume()
         autograd = np.array([ref["stress"][i, j] for i, j in strains])

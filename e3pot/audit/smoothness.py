@@ -4,10 +4,11 @@ extrapolated linearly from either side to the crossing. The two extrapolations a
 continuous function; a jump J at the crossing leaves J however small the step."""
 from __future__ import annotations
 
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Sequence, Tuple
 
 import numpy as np
 from ase import Atoms
+from ase.data import covalent_radii
 
 from e3pot.audit import tolerances as tol
 from e3pot.audit.report import Check
@@ -63,3 +64,16 @@ def smoothness_checks(subject, name: str, atoms: Atoms, dtype: str) -> Iterator[
     note = f"atom {a} pulled through {len(found)} crossings of r_max = {subject.r_max:g} Å, step {step:g} Å"
     yield Check("cutoff: energy jump", name, dtype, energy_jump, tol.SMOOTH["energy"][dtype], "eV", note)
     yield Check("cutoff: force jump", name, dtype, force_jump, tol.SMOOTH["forces"][dtype], "eV/Å", note)
+
+
+def pull_targets(named: Sequence[Tuple[str, Atoms]], subject) -> Iterator[Tuple[str, Atoms]]:
+    """The molecules of ``named`` (an atom pulled out of a periodic cell would meet its own images), or a
+    dimer of the model's first elements when there are none."""
+    molecules = [(n, a) for n, a in named if not a.pbc.any() and len(a) > 1]
+    if molecules:
+        yield from molecules
+        return
+    z = subject.atomic_numbers[:2] * (2 if len(subject.atomic_numbers) == 1 else 1)
+    bond = 1.1 * float(covalent_radii[z[0]] + covalent_radii[z[1]])
+    distance = min(max(0.5 * subject.r_max, bond), 0.9 * subject.r_max)
+    yield f"dimer {Atoms(z).get_chemical_formula()} (built-in)", Atoms(z, positions=[[0, 0, 0], [distance, 0, 0]])

@@ -2,7 +2,7 @@
 rotates as R sigma R^T (the cell is rotated with the atoms)."""
 from __future__ import annotations
 
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Sequence, Tuple
 
 import numpy as np
 from ase import Atoms
@@ -39,12 +39,13 @@ def transform(atoms: Atoms, kind: str, rng: np.random.Generator) -> Tuple[Atoms,
     return out, R, perm
 
 
-def symmetry_checks(subject, name: str, atoms: Atoms, dtype: str, rng: np.random.Generator) -> Iterator[Check]:
-    """For each kind of transformation, the largest error of energy, forces (and stress) over
-    :data:`~e3pot.audit.tolerances.DRAWS` random draws."""
+def symmetry_checks(subject, name: str, atoms: Atoms, dtype: str, rng: np.random.Generator,
+                    kinds: Sequence[str] = KINDS) -> Iterator[Check]:
+    """For each kind of transformation in ``kinds`` (of :data:`KINDS`), the largest error of energy, forces
+    (and stress) over :data:`~e3pot.audit.tolerances.DRAWS` random draws."""
     draws: List[Tuple[str, np.ndarray, np.ndarray]] = []
     copies = [atoms]
-    for kind in KINDS:
+    for kind in kinds:
         for _ in range(tol.DRAWS):
             moved, R, perm = transform(atoms, kind, rng)
             copies.append(moved)
