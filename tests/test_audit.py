@@ -105,6 +105,13 @@ def test_failed_check_exits_1(model_file_64, monkeypatch, capsys):
     assert failing and all("energy" in line for line in failing)
 
 
+def test_unmeasured_cutoff_is_noted():
+    far = Atoms("CO", positions=[[0, 0, 0], [4.5, 0, 0]])  # beyond r_max = 3.5 Å: nothing crosses it
+    report = audit(make_model(), [far], dtypes=("float64",), nve_steps=0)
+    assert not any(c.name.startswith("cutoff") for c in report.checks)
+    assert any(n.startswith("cutoff not checked") for n in report.notes), report.table()
+
+
 def test_builtin_structures():
     names = [n for n, _ in builtin([1, 6, 8], 4, seed=0)]
     assert len(names) == 3 and "random cell" in names[-1]

@@ -70,9 +70,12 @@ def audit(model, structures: Optional[Sequence] = None, dtypes: Sequence[str] = 
         say(f"finite differences: {name}, {precise}")
         report.checks += guarded("finite differences", name, precise,
                                  lambda: derivative_checks(subject, name, atoms, precise, rng(k, 1)))
+    measured = len(report.checks)
     for name, atoms in pull_targets(named, subject):
         say(f"cutoff: {name}, {precise}")
         report.checks += guarded("cutoff", name, precise, lambda: smoothness_checks(subject, name, atoms, precise))
+    if len(report.checks) == measured:
+        report.notes.append("cutoff not checked: no neighbour crosses r_max as an atom is pulled out of the molecules")
     if nve_steps > 0:
         k = next((k for k, (_, a) in enumerate(named) if not a.pbc.any()), 0)  # a molecule if there is one
         name, atoms = named[k]
