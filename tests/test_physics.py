@@ -111,6 +111,7 @@ def test_supercell_is_consistent(model, periodic):
     p1 = evaluate(model, graph_of(periodic, model), compute_stress=True)
     big = periodic.repeat((2, 1, 2))
     p4 = evaluate(model, graph_of(big, model), compute_stress=True)
+    assert p1.forces.abs().max() > 0.1 and p1.stress.abs().max() > 1e-3  # neither equal by being zero
     assert torch.allclose(p4.energy, 4 * p1.energy, atol=1e-9, rtol=0)
     assert torch.allclose(p4.forces, p1.forces.repeat(4, 1), atol=1e-10)
     assert torch.allclose(p4.stress, p1.stress, atol=1e-10)

@@ -50,13 +50,17 @@ def test_interaction_block_equivariant():
     def f(h, onehot, sh, radial):
         return block(h, onehot, sh, radial, edge_index)
 
+    args = [irreps_in.randn(n_atoms, -1, dtype=torch.float64),
+            torch.nn.functional.one_hot(torch.randint(0, 3, (n_atoms,)), 3).double(),
+            o3.spherical_harmonics(irreps_sh, torch.randn(n_edges, 3, dtype=torch.float64), True),
+            torch.randn(n_edges, 5, dtype=torch.float64)]
+    out = f(*args)
+    for block_slice in block.irreps_out.slices():  # a zero output block would be equivariant trivially
+        assert out[:, block_slice].abs().max() > 0.1
     with default_dtype(torch.float64):  # e3nn draws its rotations in the default dtype
         assert_equivariant(
             f,
-            args_in=[irreps_in.randn(n_atoms, -1, dtype=torch.float64),
-                     torch.nn.functional.one_hot(torch.randint(0, 3, (n_atoms,)), 3).double(),
-                     o3.spherical_harmonics(irreps_sh, torch.randn(n_edges, 3, dtype=torch.float64), True),
-                     torch.randn(n_edges, 5, dtype=torch.float64)],
+            args_in=args,
             irreps_in=[irreps_in, None, irreps_sh, None],
             irreps_out=[block.irreps_out],
             tolerance=1e-9,
