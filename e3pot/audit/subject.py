@@ -55,9 +55,9 @@ class Subject:
 
     def predict(self, dtype: str, structures: Sequence, batch_size: int = 16) -> List[dict]:
         """``energy`` (eV), ``forces`` (eV/Å), per-atom ``energies`` and, for periodic cells, ``stress``
-        (3x3, eV/Å^3) per structure, in batches of at most ``batch_size`` structures and of equal sizes,
-        so that no structure is left alone in a last batch of one (a compiled model would compile that
-        kind of call too)."""
+        (3x3, eV/Å^3) per structure, in batches of at most ``batch_size`` structures and of sizes that
+        differ by one at most, so that a long list does not end in a batch of one structure (a compiled
+        model would compile that kind of call too)."""
         structures = list(structures)
         n_batches = -(-len(structures) // batch_size)
         even = -(-len(structures) // max(n_batches, 1))
