@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import results as bench_results  # noqa: E402
 import structures  # noqa: E402
-from speed import PRESETS, SPECIES, build, peak_rss_mb, timeit  # noqa: E402
+from speed import PRESETS, build, peak_rss_mb, timeit  # noqa: E402
 
 from e3pot.allocator import tune_allocator  # noqa: E402
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Sequence
 
 OVERWRITE_HELP = ("replace output files that already exist (without it an existing output is refused; "
                   "an output is never one of the inputs)")

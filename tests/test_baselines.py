@@ -8,7 +8,6 @@ import pytest
 import torch
 from ase import Atoms
 from ase.io import write
-from e3nn import o3
 
 import e3pot
 from e3pot.audit import audit
@@ -73,29 +72,7 @@ def test_which_kinds_see_angles(kind, options, sees_angles):
         assert spread < 1e-12, energies
 
 
-@pytest.mark.parametrize("kind, options", [("e3", {"l_max": 0}), ("e3", {"l_max": 2}), ("egnn", {}),
-                                           ("cartesian", {})], ids=["invariant", "e3", "egnn", "cartesian"])
-def test_symmetry_of_each_kind(kind, options):
-    model = tiny(kind, **options)
-    atoms = molecule_like()
-    energy, forces, _ = predict(model, atoms)
-    # translation and permutation: every kind
-    moved = atoms.copy()
-    moved.positions += [1.7, -0.4, 2.2]
-    perm = np.random.default_rng(0).permutation(len(atoms))
-    for other, expect in ((moved, forces), (atoms[perm], forces[perm])):
-        e2, f2, _ = predict(model, other)
-        assert abs(e2 - energy) < 1e-10 and np.abs(f2 - expect).max() < 1e-10
-    # rotation with reflection: built in for every kind but cartesian
-    torch.manual_seed(1)
-    q = (-o3.rand_matrix(dtype=torch.float64)).numpy()
-    turned = atoms.copy()
-    turned.positions = atoms.positions @ q.T
-    e2, f2, _ = predict(model, turned)
-    if kind == "cartesian":
-        assert abs(e2 - energy) > 1e-4 * max(1.0, np.abs(forces).max())
-    else:
-        assert abs(e2 - energy) < 1e-10 and np.abs(f2 - forces @ q.T).max() < 1e-10
+# Symmetry of each kind (cartesian: translations and permutations only): tests/test_battery.py.
 
 
 # -- augmentation ------------------------------------------------------------------------------------

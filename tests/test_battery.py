@@ -5,7 +5,6 @@ import re
 
 import numpy as np
 import pytest
-import torch
 from ase import Atoms
 from ase.build import molecule
 

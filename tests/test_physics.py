@@ -70,13 +70,7 @@ def test_gradcheck_fails_on_wrong_derivatives(flawed, expected):
     assert gradchecks(flawed(random_model("e3")), water) == expected
 
 
-NO_EDGES_BUG = pytest.mark.xfail(raises=RuntimeError, strict=True, reason=(
-    "CartesianPotential.edge_embedding reshapes its edge features with reshape(n_edges, -1), which fails "
-    "for a structure without edges (the dimer beyond r_max)"))
-
-
-@pytest.mark.parametrize("kind, options", [pytest.param(*k, marks=NO_EDGES_BUG) if k[0] == "cartesian" else k
-                                           for k in KINDS], ids=KIND_IDS)
+@pytest.mark.parametrize("kind, options", KINDS, ids=KIND_IDS)
 def test_dimer_energy_vanishes_as_the_envelope_at_cutoff(kind, options):
     """Just inside r_max the pair energy is the envelope's order (p = 6: energy ~ delta^3, forces ~ delta^2),
     and it is a real interaction further in. (Continuity as a neighbour crosses r_max in any structure:

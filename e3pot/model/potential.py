@@ -167,5 +167,5 @@ class CartesianPotential(E3Potential):
         r = torch.linalg.vector_norm(vec, dim=-1)
         basis = self.radial(r)  # (n_edges, num_basis)
         directions = torch.cat([torch.ones_like(r).unsqueeze(-1), vec / r.unsqueeze(-1)], dim=-1)  # (n_edges, 4)
-        features = (directions.unsqueeze(-1) * basis.unsqueeze(1)).reshape(vec.shape[0], -1)
+        features = (directions.unsqueeze(-1) * basis.unsqueeze(1)).flatten(1)  # also for no edges
         return self.sh(vec), features

@@ -138,8 +138,6 @@ def check_output_path(output: str, overwrite: bool, inputs: List[str]) -> None:
 
 def check_resume(path: str, module, data) -> None:
     """Refuse to resume when the model or data settings differ from the checkpoint's; warn for others."""
-    import torch
-
     ckpt = read_checkpoint(path)
     saved = {f"model.{k}": v for k, v in ckpt.get("hyper_parameters", {}).items()}
     saved.update({f"data.{k}": v for k, v in ckpt.get("datamodule_hyper_parameters", {}).items()})
