@@ -182,7 +182,7 @@ class E3PotModule(pl.LightningModule):
             pred = evaluate(model, graph, compute_stress=self.use_stress, training=training)
             parts = self._loss(pred, labels)
         if training and not bool(torch.isfinite(parts["loss"].detach())):
-            return self._nonfinite_loss(float(parts["loss"]), index)
+            return self._nonfinite_loss(float(parts["loss"].detach()), index)
         self.metrics[stage].update(pred, labels)
         self.metrics[stage].add_losses({k: v.detach() for k, v in parts.items()}, graph.n_graphs)
         if training:  # the running loss of this process, for the progress bar only (no collective)

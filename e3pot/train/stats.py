@@ -19,8 +19,9 @@ def implausible_units(dataset, shift: np.ndarray, force_rms_value: float) -> Opt
     cols = dataset.frame_columns()
     has = np.isfinite(cols["energy"])
     counts = np.asarray(cols["counts"], dtype=float)[has]
-    per_atom = (cols["energy"][has] - counts @ shift) / cols["n_atoms"][has]
-    spread = float(np.sqrt(np.mean(per_atom ** 2))) if len(per_atom) else 0.0
+    with np.errstate(over="ignore", invalid="ignore"):  # labels that overflow are reported, not a crash
+        per_atom = (cols["energy"][has] - counts @ shift) / cols["n_atoms"][has]
+        spread = float(np.sqrt(np.mean(per_atom ** 2))) if len(per_atom) else 0.0
     found = []
     if force_rms_value > PLAUSIBLE_FORCE_RMS:
         found.append(f"the forces have an RMS of {force_rms_value:.4g} eV/Å (DFT data: about 0.1-5)")
