@@ -246,6 +246,7 @@ def test_unparseable_frame_is_numbered(tmp_path, frames):
 
 # -- 12. a failing train.py shows its message, and the traceback only on request ------------------
 
+@pytest.mark.slow
 def test_train_py_error_without_traceback(tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config", CONFIG, "--data.train_file",
            str(tmp_path / "nowhere.extxyz")]

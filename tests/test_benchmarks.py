@@ -4,6 +4,7 @@ import os
 import sys
 
 import numpy as np
+import pytest
 from ase.build import molecule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -13,6 +14,7 @@ import rmd17  # noqa: E402
 import speed  # noqa: E402
 
 
+@pytest.mark.slow
 def test_speed_smoke(tmp_path, capsys):
     peers = tmp_path / "peers"
     peers.mkdir()
@@ -86,6 +88,7 @@ def test_energy_accuracy_smoke(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "results" / "energy-aspirin-1min.md").exists()
 
 
+@pytest.mark.slow
 def test_large_systems_smoke(tmp_path, capsys):
     import large_systems
 

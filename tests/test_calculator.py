@@ -183,6 +183,7 @@ def run_nve(calc, dt_fs, steps):
     return np.array(e_tot), np.array(temps), atoms, steps / elapsed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("skin", [0.0, 1.0], ids=["fresh-list", "verlet-skin"])
 def test_nve_energy_conservation(trained_model, skin):
     calc = E3PotCalculator(trained_model, skin=skin)

@@ -31,6 +31,7 @@ def molecules():
     return out
 
 
+@pytest.mark.slow
 def test_compiled_equals_eager_float64_periodic_batches_and_new_sizes():
     model = make_model(r_max=3.0, l_max=1)
     compiled = CompiledModel(model)
@@ -50,6 +51,7 @@ def test_compiled_equals_eager_float64_periodic_batches_and_new_sizes():
     assert compiled.compilations == 2
 
 
+@pytest.mark.slow
 def test_compiled_float32_calculator_md_and_predict(tmp_path):
     from ase.md.verlet import VelocityVerlet
     from ase import units

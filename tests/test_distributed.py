@@ -42,6 +42,7 @@ def ethanol_data(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_at_twice_the_batch(ethanol_data):
     common = ["--data.train_file", "train.extxyz", "--data.val_file", "val.extxyz", "--data.shuffle", "false",
               "--model.dtype", "float64", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
@@ -67,6 +68,7 @@ def epochs_logged(run_dir):
         return sorted({int(r["epoch"]) for r in csv.DictReader(fh) if r.get("train/loss")})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "ddp"])
 def test_killed_run_resumes_from_last_checkpoint(tmp_path, processes):
     frames = read(os.path.join(ROOT, "data", "example.extxyz"), ":120")
@@ -110,6 +112,7 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path, processes):
     assert es["best_score"] <= best_before
 
 
+@pytest.mark.slow
 def test_compiled_training_equals_eager(ethanol_data):
     """--model.compile true (loss and gradients as one compiled graph) trains the same model as the eager
     path, step for step (float64)."""

@@ -4,6 +4,8 @@ import math
 import os
 import sys
 
+import pytest
+
 from test_benchmarks import fake_rmd17
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -16,6 +18,7 @@ TINY = ["--model.num_features", "4", "--model.num_layers", "2", "--model.radial_
         "--trainer.enable_model_summary", "false"]
 
 
+@pytest.mark.slow
 def test_learning_curves_smoke(tmp_path, capsys, monkeypatch):
     fake_rmd17(tmp_path, "rmd17_fake_train_01.npz", 70)  # 50 validation frames, 20 left for training
     fake_rmd17(tmp_path, "rmd17_fake_test_01.npz", 10)

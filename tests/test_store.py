@@ -87,6 +87,7 @@ def test_store_with_units(tmp_path):
     assert store.frame(1).energy == pytest.approx(frames[1].get_potential_energy() * 0.0433641, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_training_from_a_store_equals_training_from_the_file(data, tmp_path):
     import subprocess
     import sys

@@ -228,6 +228,7 @@ def test_nan_positions_in_a_dataloader_worker_are_one_line(store):
         "for frame 2" in text
 
 
+@pytest.mark.slow
 def test_training_from_a_damaged_store_says_so_in_one_line(store, tmp_path, capsys, monkeypatch):
     from e3pot.train.cli import run
 

@@ -51,6 +51,7 @@ def run_with_limit(command, cwd, limit):
     return proc.returncode, out, err
 
 
+@pytest.mark.slow
 def test_readme_ddp_command_finishes_with_default_callbacks(tmp_path):
     """The README's DDP command as pasted: two processes, progress bar, logger, checkpoints and early
     stopping all on. Every collective must be reached by both ranks in the same order, or it hangs."""
