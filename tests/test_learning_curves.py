@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import learning_curves  # noqa: E402
 
-SMOKE_MODELS = ["e3-l1", "egnn", "cartesian-aug"]
+SMOKE_MODELS = ["egnn", "cartesian-aug"]  # the other kinds train in tests/test_baselines.py
 TINY = ["--model.num_features", "4", "--model.num_layers", "2", "--model.radial_hidden", "8", "--model.num_basis", "4",
         "--trainer.enable_model_summary", "false"]
 

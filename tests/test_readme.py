@@ -63,15 +63,24 @@ def run(command: str, cwd, limit=300):
     return out
 
 
+@pytest.fixture(scope="module")
+def example_model(tmp_path_factory):
+    """The example model as ``make example`` makes it (its recipe, shortened), made once."""
+    folder = tmp_path_factory.mktemp("example")
+    shutil.copytree(os.path.join(ROOT, "configs"), folder / "configs")
+    shutil.copytree(os.path.join(ROOT, "data"), folder / "data")
+    shutil.copy(os.path.join(ROOT, "train.py"), folder / "train.py")
+    run(shortened("python train.py --config configs/example.yaml --overwrite"), folder)
+    assert (folder / "models" / "example.pt").exists()
+    return folder
+
+
 @pytest.fixture
-def workdir(tmp_path):
-    """A copy of what the documents' commands use, with the example model made as ``make example``
-    makes it (its recipe, shortened)."""
-    shutil.copytree(os.path.join(ROOT, "configs"), tmp_path / "configs")
-    shutil.copytree(os.path.join(ROOT, "data"), tmp_path / "data")
-    shutil.copy(os.path.join(ROOT, "train.py"), tmp_path / "train.py")
-    run(shortened("python train.py --config configs/example.yaml --overwrite"), tmp_path)
-    assert (tmp_path / "models" / "example.pt").exists()
+def workdir(tmp_path, example_model):
+    """A fresh copy of what the documents' commands use, with the example model in models/."""
+    for name in ("configs", "data", "models"):
+        shutil.copytree(example_model / name, tmp_path / name)
+    shutil.copy(example_model / "train.py", tmp_path / "train.py")
     return tmp_path
 
 
