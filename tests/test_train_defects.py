@@ -16,25 +16,18 @@ from ase.io import read, write
 import e3pot
 from e3pot.data.io import DataError
 from e3pot.train import stats
-from e3pot.train.cli import main as train_main
 from e3pot.train.cli import run as train_run
+from tests.test_bad_input import TINY, train_in
+from tests.test_readme import shell_commands
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "example.yaml")
 EXAMPLE = os.path.join(ROOT, "data", "example.extxyz")
-TINY = ["--model.l_max", "0", "--model.num_features", "4", "--model.num_layers", "1", "--model.radial_hidden", "4",
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 
 def readme_command(marker: str) -> str:
     """The README's shell command that contains ``marker`` (continuation lines joined)."""
-    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
-        joined = block.replace("\\\n", " ")
-        for line in joined.splitlines():
-            if marker in line and not line.lstrip().startswith("#"):
-                return " ".join(line.split())
-    raise AssertionError(f"no README command contains {marker!r}")
+    return next(c for c in shell_commands("README.md") if marker in c)
 
 
 def run_with_limit(command, cwd, limit):
@@ -111,12 +104,7 @@ def test_all_reduce_is_one_collective_of_fixed_size():
 
 
 def in_folder(tmp_path, args):
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        return train_main(["--config", CONFIG, *TINY, *args])
-    finally:
-        os.chdir(cwd)
+    return train_in(tmp_path, args)
 
 
 @pytest.fixture
