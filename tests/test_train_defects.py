@@ -237,3 +237,26 @@ def test_checkpoints_carry_the_model_description(tmp_path, small_data):
     assert got.atomic_numbers == ref.atomic_numbers
     for name, value in ref.state_dict().items():
         torch.testing.assert_close(got.state_dict()[name], value, rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("skip", [False, True], ids=["stops", "skips"])
+def test_nonfinite_loss_under_ddp_stops_or_skips_on_every_process(tmp_path, skip):
+    """A batch with a non-finite loss on one process: every process stops, or every process skips that
+    step; none is left waiting in the gradient all-reduce."""
+    from tests.test_bad_input import overflowing_label_data
+
+    frames = [a for a in read(EXAMPLE, ":40") if len(a) == 9][:20]
+    args = overflowing_label_data(tmp_path, frames) + [
+        "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp",
+        "--trainer.devices", "2", "--data.batch_size", "2", "--output", "model.pt",
+        "--model.skip_nonfinite_batches", str(skip).lower()]
+    code, out, err = run_with_limit([sys.executable, os.path.join(ROOT, "train.py"), "--config", CONFIG, *TINY,
+                                     *args], tmp_path, 240)
+    if skip:
+        assert code == 0, err[-3000:]
+        assert "skipped a batch with a non-finite loss" in err and "train.extxyz, frame 7" in err
+        assert e3pot.load_model(str(tmp_path / "model.pt"))
+    else:
+        assert code == 2, err[-3000:]
+        assert "non-finite training loss" in err and not os.path.exists(tmp_path / "model.pt")

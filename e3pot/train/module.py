@@ -117,6 +117,8 @@ class E3PotModule(pl.LightningModule):
         self.use_stress = False
         self.skipped: List[str] = []  # frames of the batches skipped with skip_nonfinite_batches
         self._compiled_loss = None
+        self._frozen_step = False  # under DDP: this step's batch was skipped on every process
+        self._frozen_lrs: List[float] = []
 
     # -- building ---------------------------------------------------------------------------
     def _check_labels(self, dataset) -> None:
@@ -181,27 +183,58 @@ class E3PotModule(pl.LightningModule):
         else:
             pred = evaluate(model, graph, compute_stress=self.use_stress, training=training)
             parts = self._loss(pred, labels)
-        if training and not bool(torch.isfinite(parts["loss"].detach())):
-            return self._nonfinite_loss(float(parts["loss"].detach()), index)
+        if training:
+            here = not bool(torch.isfinite(parts["loss"].detach()))
+            # under DDP every process takes the same decision, so that all skip or all stop and none is
+            # left waiting in the gradient all-reduce (one small collective per step)
+            anywhere = self.trainer.strategy.reduce_boolean_decision(here, all=False) if self.trainer.world_size > 1 \
+                else here
+            if anywhere:
+                return self._nonfinite_loss(float(parts["loss"].detach()), index, here)
         self.metrics[stage].update(pred, labels)
         self.metrics[stage].add_losses({k: v.detach() for k, v in parts.items()}, graph.n_graphs)
         if training:  # the running loss of this process, for the progress bar only (no collective)
             self.log("loss", parts["loss"].detach(), on_step=True, on_epoch=False, prog_bar=True, logger=False)
         return parts["loss"]
 
-    def _nonfinite_loss(self, loss: float, index) -> None:
-        """Stop with the batch's frames named, or skip the batch when asked to (and say so)."""
+    def _nonfinite_loss(self, loss: float, index, here: bool = True) -> None:
+        """Stop with the batch's frames named, or skip the batch when asked to (and say so). ``here``:
+        the non-finite loss is this process's (under DDP another process's batch may be the one)."""
         sources = self.trainer.datamodule.train_set.sources
         frames = [sources[k] for k in index.tolist()]
         where = f"epoch {self.current_epoch}, step {self.global_step}"
         if self.hparams.skip_nonfinite_batches:
-            self.skipped.extend(frames)
-            rank_zero_warn(f"skipped a batch with a non-finite loss ({where}); its frames: {'; '.join(frames)}")
-            return None  # Lightning makes no optimiser step for this batch
+            if here:
+                self.skipped.extend(frames)
+                warnings.warn(f"skipped a batch with a non-finite loss ({where}); its frames: {'; '.join(frames)}")
+            if self.trainer.world_size == 1:
+                return None  # Lightning makes no optimiser step for this batch
+            # Lightning refuses None under DDP: every process returns a zero loss (zero gradients, the same
+            # all-reduce as any step) and the optimiser step runs with a learning rate of 0
+            self._frozen_step = True
+            return 0.0 * sum(p.sum() for p in self.potential.parameters())
+        if not here:
+            raise TrainingError(
+                f"non-finite training loss in another process's batch at {where} (that process names its frames). "
+                "Training stopped; the checkpoints written so far are kept and no model file was written")
         raise TrainingError(
             f"non-finite training loss ({loss}) at {where}; the batch held: {'; '.join(frames)}. "
             "Training stopped; the checkpoints written so far are kept and no model file was written. "
             "Check these frames, lower model.lr, or set model.skip_nonfinite_batches true to skip such batches")
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self._frozen_step:
+            self._frozen_lrs = [group["lr"] for group in optimizer.param_groups]
+            for group in optimizer.param_groups:
+                group["lr"] = 0.0  # AdamW then changes no weight (decay included)
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self._frozen_step:
+            optimizer = self.optimizers(use_pl_optimizer=False)
+            for group, lr in zip(optimizer.param_groups, self._frozen_lrs):
+                group["lr"] = lr
+            self._frozen_step = False
 
     def training_step(self, batch, batch_idx: int):
         return self._step(self.potential, batch, "train", training=True)
