@@ -117,7 +117,6 @@ def test_resolved_defaults_are_the_model_classes(kind):
                 if name not in ("self", "atomic_numbers", *kinds.FITTED)}
     module = E3PotModule(kind=kind)
     assert {name: module.hparams[name] for name in kinds.SETTINGS if name in module.hparams} == expected
-    assert kinds.defaults(kind) == expected
     assert _cutoff(kind, None) == expected["r_max"] and _cutoff(kind, 3.0) == 3.0
 
 

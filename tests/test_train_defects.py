@@ -139,6 +139,15 @@ def test_output_rule(tmp_path, small_data, capsys):
         os.mkdir("folder")
         assert train_run(base + ["--output", "folder"]) == 2
         assert "--output folder is a folder" in capsys.readouterr().err
+        # the default model file too: without a logger it is ./model.pt
+        (tmp_path / "model.pt").write_bytes(b"another file of the user's")
+        assert train_run(base + ["--output", "null", "--trainer.logger", "false"]) == 2
+        assert "model.pt exists; pass --overwrite" in capsys.readouterr().err
+        assert (tmp_path / "model.pt").read_bytes() == b"another file of the user's"
+        # the config is an input too
+        shutil.copy(CONFIG, "my.yaml")
+        assert train_run(["--config", "my.yaml", *base[2:], "--output", "my.yaml", "--overwrite"]) == 2
+        assert "--output my.yaml is also an input (my.yaml)" in capsys.readouterr().err
         assert not os.path.exists("runs")  # refused before any training
         assert (tmp_path / "taken.pt").read_bytes() == b"a user's file"
         assert len(read("data.extxyz", ":")) == 24
@@ -194,9 +203,9 @@ def test_store_refuses_label_options_it_was_not_made_with(tmp_path):
         in_folder(tmp_path, ["--data.train_file", store, "--data.energy_key", "free_energy",
                              "--trainer.max_steps", "1", "--output", "m.pt"])
     assert not os.path.exists(tmp_path / "m.pt")
-    # the store's own settings, or none, train
-    in_folder(tmp_path, ["--data.train_file", store, "--data.energy_unit", "eV", "--trainer.max_steps", "1",
-                         "--output", "m.pt"])
+    # the store's own settings, another spelling of the same unit, or none, train
+    in_folder(tmp_path, ["--data.train_file", store, "--data.energy_unit", "eV", "--data.length_unit", "Angstrom",
+                         "--trainer.max_steps", "1", "--output", "m.pt"])
 
 
 def test_labels_in_mev_read_as_ev_are_flagged(tmp_path):

@@ -96,16 +96,11 @@ def read_checkpoint(path: str) -> dict:
     """A training checkpoint written by ``train.py``, or a ValueError that says what the file is instead."""
     import torch
 
-    try:
+    try:  # as plain data: checkpoints of e3pot training are, and nothing in the file runs
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - a checkpoint with non-tensor state; Lightning loads it the same way
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001
-            raise ValueError(f"--resume {path}: not a training checkpoint (torch cannot read it: "
-                             f"{type(exc).__name__})") from None
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"--resume {path}: not a training checkpoint (torch cannot read it as plain data: "
+                         f"{type(exc).__name__})") from None
     where = ("--resume takes the checkpoint of a run: runs/<name>/version_N/checkpoints/last.ckpt, "
              "or 'last' for the newest of this run name")
     if isinstance(ckpt, dict) and ckpt.get("format") == "e3pot-model":
@@ -115,8 +110,10 @@ def read_checkpoint(path: str) -> dict:
     return ckpt
 
 
-def check_output_path(output: str, overwrite: bool, inputs: List[str]) -> None:
-    """The rule of :mod:`e3pot.files` for ``--output``, checked before training starts."""
+def check_output_path(output: str, overwrite: bool, inputs: List[str], make_folder: bool = True) -> None:
+    """The rule of :mod:`e3pot.files` for ``--output`` (or the default model file in the run's folder),
+    checked before training starts. ``make_folder``: make a missing folder of an explicit ``--output``
+    (a run's own folder is made by its logger)."""
     from e3pot.files import OutputError, same_file
 
     for source in inputs:
@@ -128,6 +125,8 @@ def check_output_path(output: str, overwrite: bool, inputs: List[str]) -> None:
     if os.path.lexists(output) and not overwrite:
         raise OutputError(f"--output {output} exists; pass --overwrite to replace it, or choose another name")
     folder = os.path.dirname(os.path.abspath(output))
+    if not make_folder and not os.path.isdir(folder):
+        return
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as exc:
@@ -266,10 +265,6 @@ def main(args: Optional[List[str]] = None, prog: Optional[str] = None) -> str:
     )
     trainer, module, data = cli.trainer, cli.model, cli.datamodule
     resume = cli.config.get("resume")
-    if cli.config.get("output"):
-        e0s = module.hparams.e0s if isinstance(module.hparams.e0s, str) and module.hparams.e0s != "fit" else None
-        check_output_path(cli.config["output"], bool(cli.config.get("overwrite")),
-                          [data.train_file, data.val_file, e0s, resume if resume != "last" else None])
     if resume == "last":
         logger = trainer.logger
         resume = _find_last(os.path.join(logger.save_dir, logger.name) if logger else trainer.default_root_dir)
@@ -278,12 +273,18 @@ def main(args: Optional[List[str]] = None, prog: Optional[str] = None) -> str:
     if resume is not None:
         check_resume(resume, module, data)
         continue_run_folder(trainer, resume)
+    # the model file: --output, or model.pt in the run's folder (a resumed run's old folder, or the
+    # working folder without a logger); checked like any output before training starts
+    output = cli.config.get("output") or os.path.join(trainer.log_dir or ".", "model.pt")
+    e0s = module.hparams.e0s if isinstance(module.hparams.e0s, str) and module.hparams.e0s != "fit" else None
+    configs = [os.fspath(str(c)) for c in (cli.config.get("config") or [])]
+    check_output_path(output, bool(cli.config.get("overwrite")),
+                      [data.train_file, data.val_file, e0s, resume, *configs], make_folder=bool(cli.config.get("output")))
     trainer.fit(module, datamodule=data, ckpt_path=resume)
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     metrics = trainer.validate(module, datamodule=data, ckpt_path=best or None, verbose=False)[0]
     check_finite_weights(module.ema)
-    output = cli.config.get("output") or os.path.join(trainer.log_dir or ".", "model.pt")
     if not trainer.is_global_zero:  # under DDP every rank ends here with the same weights; one writes
         return output
     save_model(module.ema, output, metadata={

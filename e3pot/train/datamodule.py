@@ -86,11 +86,19 @@ class E3PotDataModule(pl.LightningDataModule):
     def _check_store_labels(self, store: FrameStore) -> None:
         """A store holds labels already read and converted to eV and Å by ``e3pot preprocess``: a label
         option set here that differs from the one the store was made with would be silently ignored."""
+        from e3pot.data.units import energy_factor, length_factor
+
         saved = store.meta.get("labels", {})
+        same_unit = {"energy_unit": energy_factor, "length_unit": length_factor}  # spellings of one unit agree
         conflicts = []
         for field in dataclasses.fields(LabelSpec):
             given = getattr(self.labels, field.name)
-            if given != field.default and saved.get(field.name, field.default) != given:
+            made = saved.get(field.name, field.default)
+            if field.name in same_unit and made is not None and given is not None:
+                differs = same_unit[field.name](given) != same_unit[field.name](made)
+            else:
+                differs = made != given
+            if given != field.default and differs:
                 made = saved.get(field.name, field.default) if field.name in saved else "(not recorded)"
                 conflicts.append(f"data.{field.name} is {given!r} here, but the store was made with {made!r}")
         if conflicts:

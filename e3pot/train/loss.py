@@ -1,7 +1,7 @@
 """Weighted MSE loss and running error metrics (energies per atom and per structure, forces)."""
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from torch import Tensor
@@ -64,12 +64,13 @@ class ErrorMetrics:
         self._add("e_atom", e_err / labels.n_atoms.to(e_err.dtype))
         self._add("f", (pred.forces - labels.forces).reshape(-1))
 
-    def all_reduce(self) -> None:
+    def all_reduce(self, device: Optional[torch.device] = None) -> None:
         """Sum the accumulated errors and losses over the processes of a distributed run, in one
         collective of a fixed size (every rank must call it, whatever it has accumulated)."""
         import torch.distributed as dist
 
-        device = next(iter([*self.sums.values(), *self.loss_sums.values()]), torch.zeros(())).device
+        if device is None:
+            device = next(iter([*self.sums.values(), *self.loss_sums.values()]), torch.zeros(())).device
         zeros = {4: torch.zeros(4, dtype=torch.float64, device=device),
                  2: torch.zeros(2, dtype=torch.float64, device=device)}
         parts = [self.sums.get(key, zeros[4]) for key in ("e", "e_atom", "f")]

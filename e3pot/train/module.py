@@ -12,7 +12,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 
 from e3pot.data.dataset import NumpyBatch
 from e3pot.data.io import DataError
-from e3pot.model.forces import evaluate
+from e3pot.model.runtime import evaluate
 from e3pot.model.io import dtype_from_name
 from e3pot.model import kinds
 from e3pot.model.base import EnergyModel
@@ -181,6 +181,7 @@ class E3PotModule(pl.LightningModule):
                 self._compiled_loss = CompiledTrainingLoss(model, self._loss, self.use_stress)
             parts, pred = self._compiled_loss(graph, labels)
         else:
+            # training: the direct path (its double backward); validation: whichever path fits in memory
             pred = evaluate(model, graph, compute_stress=self.use_stress, training=training)
             parts = self._loss(pred, labels)
         if training:
@@ -259,7 +260,7 @@ class E3PotModule(pl.LightningModule):
         that a progress bar (rank 0 only) reading them starts no collective of its own."""
         metrics = self.metrics[stage]
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            metrics.all_reduce()
+            metrics.all_reduce(self.device)  # the backend's device (NCCL takes no CPU tensors)
         values = {**metrics.losses(), **metrics.compute()}
         with warnings.catch_warnings():  # Lightning's advice to sync: these values are reduced already
             warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
