@@ -32,11 +32,13 @@ def same_file(a: str, b: str) -> bool:
 
 
 def check_output(path: str, option: str = "-o", *, inputs: Sequence[str] = (), overwrite: bool = False,
-                 others: Iterable[tuple] = ()) -> str:
+                 others: Iterable[tuple] = (), missing_folder: str = "refuse") -> str:
     """Refuse ``path`` as the output of ``option`` when the rule forbids it; return it unchanged.
 
     ``inputs`` are the command's input paths; ``others`` are ``(option, path)`` pairs of the
-    command's other outputs, which must differ from this one.
+    command's other outputs, which must differ from this one. ``missing_folder``: what a folder of
+    ``path`` that does not exist gets: "refuse" (an error), "make" (it is made) or "leave" (someone
+    else makes it later, as a training run's logger makes its run folder).
     """
     if not path:
         raise OutputError(f"{option}: an empty file name")
@@ -50,7 +52,14 @@ def check_output(path: str, option: str = "-o", *, inputs: Sequence[str] = (), o
         raise OutputError(f"{option} {path} is a folder; give a file name (for example {os.path.join(path, 'out')})")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise OutputError(f"{option} {path}: the folder {folder} does not exist")
+        if missing_folder == "leave":
+            return path
+        if missing_folder != "make":
+            raise OutputError(f"{option} {path}: the folder {folder} does not exist")
+        try:
+            os.makedirs(folder)
+        except OSError as exc:
+            raise OutputError(f"{option} {path}: cannot make the folder {folder} ({exc.strerror})") from None
     if os.path.lexists(path) and not overwrite:
         raise OutputError(f"{option} {path} exists; pass --overwrite to replace it, or choose another name")
     if not os.access(folder, os.W_OK):

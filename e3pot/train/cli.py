@@ -14,6 +14,7 @@ from pytorch_lightning.loggers import CSVLogger
 
 from e3pot.allocator import tune_allocator
 from e3pot.data.io import DataError
+from e3pot.files import check_output
 from e3pot.model import kinds
 from e3pot.model.io import save_model
 from e3pot.train.datamodule import E3PotDataModule
@@ -108,31 +109,6 @@ def read_checkpoint(path: str) -> dict:
     if not isinstance(ckpt, dict) or "pytorch-lightning_version" not in ckpt or "state_dict" not in ckpt:
         raise ValueError(f"--resume {path} is not a training checkpoint written by train.py; {where}")
     return ckpt
-
-
-def check_output_path(output: str, overwrite: bool, inputs: List[str], make_folder: bool = True) -> None:
-    """The rule of :mod:`e3pot.files` for ``--output`` (or the default model file in the run's folder),
-    checked before training starts. ``make_folder``: make a missing folder of an explicit ``--output``
-    (a run's own folder is made by its logger)."""
-    from e3pot.files import OutputError, same_file
-
-    for source in inputs:
-        if source and same_file(output, source):
-            raise OutputError(f"--output {output} is also an input ({source}); write the model to another file")
-    if os.path.isdir(output):
-        raise OutputError(f"--output {output} is a folder; give a file name (for example "
-                          f"{os.path.join(output, 'model.pt')})")
-    if os.path.lexists(output) and not overwrite:
-        raise OutputError(f"--output {output} exists; pass --overwrite to replace it, or choose another name")
-    folder = os.path.dirname(os.path.abspath(output))
-    if not make_folder and not os.path.isdir(folder):
-        return
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"--output {output}: cannot make the folder {folder} ({exc.strerror})") from None
-    if not os.access(folder, os.W_OK):
-        raise OutputError(f"--output {output}: cannot write in the folder {folder} (permission denied)")
 
 
 def check_resume(path: str, module, data) -> None:
@@ -278,8 +254,9 @@ def main(args: Optional[List[str]] = None, prog: Optional[str] = None) -> str:
     output = cli.config.get("output") or os.path.join(trainer.log_dir or ".", "model.pt")
     e0s = module.hparams.e0s if isinstance(module.hparams.e0s, str) and module.hparams.e0s != "fit" else None
     configs = [os.fspath(str(c)) for c in (cli.config.get("config") or [])]
-    check_output_path(output, bool(cli.config.get("overwrite")),
-                      [data.train_file, data.val_file, e0s, resume, *configs], make_folder=bool(cli.config.get("output")))
+    check_output(output, "--output", inputs=[data.train_file, data.val_file, e0s, resume, *configs],
+                 overwrite=bool(cli.config.get("overwrite")),
+                 missing_folder="make" if cli.config.get("output") else "leave")  # a run's folder: its logger's
     trainer.fit(module, datamodule=data, ckpt_path=resume)
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
