@@ -1,7 +1,8 @@
 """Exported models: TorchScript archives that run with torch alone (no e3pot training code).
 
 The archive's ``forward`` takes the graph as plain tensors (see :mod:`e3pot.data.graph` for the
-edge convention) and returns ``(energy, forces, stress, atomic_energies)``; the metadata
+edge convention) and returns ``(energy, forces, stress, atomic_energies)``; its ``local_energy`` method
+is the call of MD engines (:mod:`e3pot.model.engine`: LAMMPS's pair style loads these archives). The metadata
 (species, cutoff, units, dtype, version, and for the kinds that chunked evaluation handles the
 per-layer sizes of its memory estimate) travels in the archive as ``metadata.json``.
 """
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 from e3pot.data.graph import AtomicGraph
 from e3pot.files import atomic_output
 from e3pot.model.base import Runtime
+from e3pot.model.engine import LocalEnergy, ghost_cutoff
 from e3pot.model.forces import Conservative
 from e3pot.model.io import dtype_name
 
@@ -32,11 +34,34 @@ class _Exported(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.conservative = Conservative(model)
+        self.engine = LocalEnergy(model)  # the same model: its weights are stored once
 
     def forward(self, positions: Tensor, species: Tensor, edge_index: Tensor, edge_shift: Tensor, batch: Tensor,
                 cell: Tensor, pbc: Tensor, compute_stress: bool) -> Tuple[Tensor, Tensor, Optional[Tensor], Tensor]:
         graph = AtomicGraph(positions, species, edge_index, edge_shift, batch, cell, pbc)
         return self.conservative(graph, compute_stress, False)
+
+    @torch.jit.export
+    def local_energy(self, positions: Tensor, species: Tensor, edge_index: Tensor,
+                     local: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The engines' call (LAMMPS): see :class:`e3pot.model.engine.LocalEnergy`."""
+        return self.engine(positions, species, edge_index, local)
+
+
+def export_metadata(model, fmt: str, metadata: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """What an export carries besides the weights (the same for every format)."""
+    from e3pot import __version__
+
+    config = dict(model.config)
+    return {
+        "format": fmt, "e3pot_version": __version__,
+        "atomic_numbers": list(model.atomic_numbers), "r_max": model.r_max, "dtype": dtype_name(model.dtype),
+        "units": {"energy": "eV", "length": "Å", "forces": "eV/Å", "stress": "eV/Å^3"},
+        "config": config, "metadata": dict(metadata or getattr(model, "metadata", {}) or {}),
+        "chunk_sizes": model.chunk_sizes(),
+        "num_layers": int(config["num_layers"]),
+        "ghost_cutoff": ghost_cutoff(model.r_max, config["num_layers"]),
+    }
 
 
 def export_model(model, path: str, metadata: Optional[Dict[str, Any]] = None) -> str:
@@ -45,20 +70,11 @@ def export_model(model, path: str, metadata: Optional[Dict[str, Any]] = None) ->
     The archive is written to a temporary file next to ``path`` and moved over it when complete (an
     existing file is replaced: commands check ``--overwrite`` themselves, see :mod:`e3pot.files`).
     """
-    from e3pot import __version__
-
     model = copy.deepcopy(model).eval()
-    chunk_sizes = model.chunk_sizes()  # before scripting, which replaces the submodules by TorchScript ones
+    info = export_metadata(model, "e3pot-torchscript", metadata)  # before scripting replaces the submodules
     with warnings.catch_warnings():  # TorchScript's notes on e3nn's generated modules
         warnings.simplefilter("ignore", UserWarning)
         scripted = e3nn_compile(_Exported(model))
-    info = {
-        "format": "e3pot-torchscript", "e3pot_version": __version__,
-        "atomic_numbers": list(model.atomic_numbers), "r_max": model.r_max, "dtype": dtype_name(model.dtype),
-        "units": {"energy": "eV", "length": "Å", "forces": "eV/Å", "stress": "eV/Å^3"},
-        "config": dict(model.config), "metadata": dict(metadata or getattr(model, "metadata", {}) or {}),
-        "chunk_sizes": chunk_sizes,
-    }
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_output(path) as tmp:
         torch.jit.save(scripted, tmp, _extra_files={METADATA_FILE: json.dumps(info)})
