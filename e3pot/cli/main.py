@@ -1,4 +1,4 @@
-"""The ``e3pot`` command: ``e3pot train|predict|preprocess|export|export-checkpoint|audit ...`` (also ``python -m e3pot``)."""
+"""The ``e3pot`` command: ``e3pot train|predict|preprocess|export|export-checkpoint|audit|lammps ...`` (also ``python -m e3pot``)."""
 from __future__ import annotations
 
 import sys
@@ -13,6 +13,7 @@ commands:
   export    write a TorchScript model for deployment
   export-checkpoint  write a model file from a training checkpoint (last.ckpt, best-*.ckpt)
   audit     check a model's symmetry, forces, smoothness at the cutoff and energy conservation
+  lammps    build the LAMMPS plugin (pair_style e3pot), write input decks
 
 Run 'e3pot COMMAND --help' for the options of a command."""
 
@@ -47,6 +48,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from e3pot.cli.audit import main as audit_main
 
         return audit_main(rest)
+    if command == "lammps":
+        from e3pot.cli.lammps import main as lammps_main
+
+        return lammps_main(rest)
     print(f"e3pot: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 
