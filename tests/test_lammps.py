@@ -145,7 +145,16 @@ def test_periodic_water_box_matches_the_calculator(plugin, models, tmp_path, ran
     atoms = water_box()
     result = run_lammps(tmp_path, atoms, ["O", "H"], models["float64"], plugin, ranks=ranks)
     assert_matches_calculator(tmp_path, atoms, models["float64"], result)
-    assert f"with {ranks} MPI tasks" in (tmp_path / "log.lammps").read_text()
+    log = (tmp_path / "log.lammps").read_text()
+    assert f"with {ranks} MPI tasks" in log
+    nodes, n_local, ghost_nodes, folded = map(float, re.search(
+        r"evaluated per call, on average, (\d+) nodes for (\d+) local atoms \((\d+) ghosts as nodes, (\d+) folded",
+        log).groups())
+    assert folded > 0  # images of a process's own atoms are folded onto them
+    if ranks == 1:  # every ghost is an image of an own atom: the graph is the periodic one
+        assert ghost_nodes == 0 and nodes == n_local == len(atoms)
+    else:  # the other processes' atoms are ghost nodes, and results are still exact (above)
+        assert ghost_nodes > 0
 
 
 @pytest.mark.parametrize("ranks", [1, 2, 4])

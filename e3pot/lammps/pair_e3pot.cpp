@@ -21,6 +21,7 @@
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
+#include <unordered_map>
 
 using namespace LAMMPS_NS;
 
@@ -90,10 +91,10 @@ class Engine {
   }
 
   std::vector<at::Tensor> run(const at::Tensor &positions, const at::Tensor &species, const at::Tensor &edge_index,
-                              const at::Tensor &local)
+                              const at::Tensor &local, const at::Tensor &edge_shift)
   {
     std::vector<at::Tensor> inputs{positions.to(device), species.to(device), edge_index.to(device),
-                                   local.to(device)};
+                                   local.to(device), edge_shift.to(device)};
     std::vector<at::Tensor> out;
     if (aoti) {
       out = loader->run(inputs);
@@ -265,27 +266,48 @@ void PairE3Pot::compute(int eflag, int vflag)
   int nall = nlocal + atom->nghost;
   double cutsq_model = engine->r_max * engine->r_max;
 
-  // the graph: every mapped atom, local and ghost, and every pair within r_max among them
+  // The graph's nodes: every mapped local atom, and every mapped ghost that is not an image of a
+  // local atom; a ghost that is one is folded onto it (same node, edges shifted by the image offset).
+  tagint *tag = atom->tag;
+  std::unordered_map<tagint, int> local_of_tag;
+  local_of_tag.reserve(nlocal);
+  for (int i = 0; i < nlocal; ++i) local_of_tag[tag[i]] = i;
   node_of_atom.assign(nall, -1);
+  owner.assign(nall, -1);
   atom_of_node.clear();
   positions.clear();
   species.clear();
   local.clear();
+  long folded = 0;
   for (int i = 0; i < nall; ++i) {
     int s = type_species[type[i]];
     if (s < 0) continue;
+    if (i >= nlocal) {
+      auto found = local_of_tag.find(tag[i]);
+      if (found != local_of_tag.end()) {
+        owner[i] = found->second;
+        ++folded;
+        continue;
+      }
+    }
+    owner[i] = i;
     node_of_atom[i] = (int) atom_of_node.size();
     atom_of_node.push_back(i);
     positions.insert(positions.end(), {x[i][0], x[i][1], x[i][2]});
     species.push_back(s);
     local.push_back(i < nlocal ? 1.0 : 0.0);
   }
+  for (int i = nlocal; i < nall; ++i)
+    if (owner[i] >= 0 && owner[i] != i) node_of_atom[i] = node_of_atom[owner[i]];
+
+  // edges j -> i within r_max, for every receiver that is a node of its own
   std::vector<long> senders, receivers;
+  shifts.clear();
   int n_lists = list->inum + list->gnum;
   for (int ii = 0; ii < n_lists; ++ii) {
     int i = list->ilist[ii];
+    if (owner[i] != i) continue;
     int ni = node_of_atom[i];
-    if (ni < 0) continue;
     int *jlist = list->firstneigh[i];
     for (int jj = 0; jj < list->numneigh[i]; ++jj) {
       int j = jlist[jj] & NEIGHMASK;
@@ -293,8 +315,10 @@ void PairE3Pot::compute(int eflag, int vflag)
       if (nj < 0) continue;
       double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
       if (dx * dx + dy * dy + dz * dz >= cutsq_model) continue;
+      int o = owner[j];
       senders.push_back(nj);
       receivers.push_back(ni);
+      shifts.insert(shifts.end(), {x[j][0] - x[o][0], x[j][1] - x[o][1], x[j][2] - x[o][2]});
     }
   }
   long n_nodes = (long) atom_of_node.size();
@@ -308,10 +332,16 @@ void PairE3Pot::compute(int eflag, int vflag)
   at::Tensor t_species = torch::from_blob(species.data(), {n_nodes}, i64);
   at::Tensor t_edges = torch::from_blob(edges.data(), {2, n_edges}, i64);
   at::Tensor t_local = torch::from_blob(local.data(), {n_nodes}, f64);
+  at::Tensor t_shifts = torch::from_blob(shifts.data(), {n_edges, 3}, f64);
+  calls += 1;
+  sum_local += nlocal;
+  sum_nodes += n_nodes;
+  sum_folded += folded;
+  sum_edges += n_edges;
 
   std::vector<at::Tensor> out;
   try {
-    out = engine->run(t_pos, t_species, t_edges, t_local);
+    out = engine->run(t_pos, t_species, t_edges, t_local, t_shifts);
   } catch (const c10::Error &e) {
     error->one(FLERR, "pair_style e3pot: the model failed on {} atoms and {} edges: {}", n_nodes, n_edges,
                first_line(e.what_without_backtrace()));
@@ -325,6 +355,7 @@ void PairE3Pot::compute(int eflag, int vflag)
     error->one(FLERR, "pair_style e3pot: the model returned a non-finite energy on process {} (atoms far outside "
                "the training data, or overlapping atoms)", comm->me);
 
+  // folded ghosts have no force of their own: theirs is in their owner's
   for (long n = 0; n < n_nodes; ++n) {
     int i = atom_of_node[n];
     f[i][0] += forces[3 * n];
@@ -340,4 +371,14 @@ void PairE3Pot::compute(int eflag, int vflag)
   if (vflag_atom)
     for (long n = 0; n < n_nodes; ++n)
       for (int k = 0; k < 6; ++k) vatom[atom_of_node[n]][k] += atom_vir[6 * n + k];
+}
+
+void PairE3Pot::finish()
+{
+  if (comm->me != 0 || calls == 0) return;
+  utils::logmesg(lmp,
+                 "e3pot: process 0 evaluated per call, on average, {:.0f} nodes for {:.0f} local atoms ({:.0f} "
+                 "ghosts as nodes, {:.0f} folded onto local atoms) and {:.0f} edges\n",
+                 sum_nodes / calls, sum_local / calls, (sum_nodes - sum_local) / calls, sum_folded / calls,
+                 sum_edges / calls);
 }

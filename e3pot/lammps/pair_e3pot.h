@@ -6,7 +6,9 @@
 // Each process evaluates the graph of its own atoms and their ghosts within r_max and counts the
 // energies of its own atoms only; forces on ghosts go back to their owners (newton_pair on). A
 // model with L message-passing layers needs ghosts out to L * r_max: the pair style asks LAMMPS for
-// that communication cutoff itself (see e3pot/model/engine.py for the call and the virial).
+// that communication cutoff itself (see e3pot/model/engine.py for the call and the virial). A ghost
+// that is a periodic image of one of the process's own atoms is folded onto that atom (its edges get
+// the image offset as a shift): on one process the graph is then the periodic one, with no ghost nodes.
 #ifndef E3POT_PAIR_E3POT_H
 #define E3POT_PAIR_E3POT_H
 
@@ -31,6 +33,7 @@ class PairE3Pot : public Pair {
   void coeff(int, char **) override;
   void init_style() override;
   double init_one(int, int) override;
+  void finish() override;
 
  private:
   void allocate();
@@ -40,9 +43,12 @@ class PairE3Pot : public Pair {
   std::vector<int> type_species;    // LAMMPS type -> index into the model's species, -1: not mapped
   std::vector<int> node_of_atom;    // atom index (local and ghost) -> graph node, -1: left out
   std::vector<int> atom_of_node;
-  std::vector<double> positions;
+  std::vector<int> owner;           // atom index -> the local atom it is an image of (itself if local), -1: none
+  std::vector<double> positions, shifts;
   std::vector<long> species, edges;
   std::vector<double> local;
+  // what this process evaluated, summed over calls (printed at the end of a run)
+  double calls = 0, sum_local = 0, sum_nodes = 0, sum_folded = 0, sum_edges = 0;
 };
 
 }    // namespace LAMMPS_NS

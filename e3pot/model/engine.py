@@ -1,8 +1,10 @@
 """The call that MD engines make: energy of the atoms a process owns, in a domain padded with ghosts.
 
 An engine with domain decomposition (LAMMPS on MPI ranks) gives each process the atoms it owns
-("local") and copies of the atoms around them ("ghosts"), all with explicit positions: periodic
-images are ghosts too, so there are no cell shifts here. The process evaluates the per-atom energies
+("local") and copies of the atoms around them ("ghosts"), all with explicit positions (periodic
+images are ghosts too). A ghost that is an image of an atom of the same process can instead be folded
+onto that atom, with the image offset as the shift of its edges: the same energy and forces, one node
+fewer (on a single process every ghost folds, and the graph is the periodic one). The process evaluates the per-atom energies
 of all of them but counts those of its local atoms only,
 
     E_local = sum_i local[i] * e_i
@@ -48,6 +50,9 @@ class LocalEnergy(nn.Module):
     - ``species`` (n_all,) long, index into the model's species list;
     - ``edge_index`` (2, n_edges) long, [sender, receiver], a full list within r_max among all atoms;
     - ``local`` (n_all,) float64, 1 for the atoms whose energy counts, 0 for ghosts;
+    - ``edge_shift`` (n_edges, 3) float64 Å, optional: added to each edge vector. A ghost that is a
+      periodic image of one of the process's own atoms can be folded onto that atom: its edges then
+      start at the atom, shifted by the image offset, and the ghost is no node of its own;
 
     and returns ``(energy (1,), forces (n_all, 3), atomic_energies (n_all,), virial (6,),
     atom_virial (n_all, 6))`` in float64.
@@ -57,12 +62,13 @@ class LocalEnergy(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, positions: Tensor, species: Tensor, edge_index: Tensor,
-                local: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, positions: Tensor, species: Tensor, edge_index: Tensor, local: Tensor,
+                edge_shift: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         positions = positions.detach().to(torch.float64).requires_grad_(True)
         n_all = positions.shape[0]
-        edge_shift = torch.zeros((edge_index.shape[1], 3), dtype=positions.dtype,
-                                 device=positions.device).requires_grad_(True)
+        if edge_shift is None:
+            edge_shift = torch.zeros((edge_index.shape[1], 3), dtype=positions.dtype, device=positions.device)
+        edge_shift = edge_shift.detach().to(torch.float64).requires_grad_(True)
         graph = AtomicGraph(positions, species, edge_index, edge_shift,
                             torch.zeros(n_all, dtype=torch.long, device=positions.device),
                             torch.zeros((1, 3, 3), dtype=positions.dtype, device=positions.device),
@@ -77,7 +83,7 @@ class LocalEnergy(nn.Module):
             d_positions = torch.zeros_like(positions)
         if d_shift is None:
             d_shift = torch.zeros_like(edge_shift)
-        vec = (positions[edge_index[0]] - positions[edge_index[1]]).detach()  # (n_edges, 3) r_e
+        vec = (positions[edge_index[0]] - positions[edge_index[1]] + edge_shift).detach()  # (n_edges, 3) r_e
         rows = torch.tensor([0, 1, 2, 0, 0, 1], device=vec.device)  # VOIGT's rows and columns
         cols = torch.tensor([0, 1, 2, 1, 2, 2], device=vec.device)
         edge_virial = -vec[:, rows] * d_shift[:, cols]  # (n_edges, 6)

@@ -42,10 +42,10 @@ class _Exported(nn.Module):
         return self.conservative(graph, compute_stress, False)
 
     @torch.jit.export
-    def local_energy(self, positions: Tensor, species: Tensor, edge_index: Tensor,
-                     local: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def local_energy(self, positions: Tensor, species: Tensor, edge_index: Tensor, local: Tensor,
+                     edge_shift: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """The engines' call (LAMMPS): see :class:`e3pot.model.engine.LocalEnergy`."""
-        return self.engine(positions, species, edge_index, local)
+        return self.engine(positions, species, edge_index, local, edge_shift)
 
 
 def export_metadata(model, fmt: str, metadata: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
