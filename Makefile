@@ -1,6 +1,7 @@
 # make example   set up what is missing, then train the example model (models/example.pt)
 # make test      set up what is missing, then run the test suite
 # make setup     only the set-up: ./.venv with torch (CPU build unless an NVIDIA GPU is visible)
+# make lammps    set up what is missing, then build the LAMMPS plugin (pair_style e3pot)
 #
 # E3POT_ENV=active make test   uses the active environment instead of ./.venv
 # See scripts/setup_env.sh for the other variables (PYTHON, TORCH_VERSION, TORCH_BUILD).
@@ -15,7 +16,7 @@ else
 RUN := $(E3POT_ENV)/bin/python
 endif
 
-.PHONY: setup example test
+.PHONY: setup example test lammps
 
 setup:
 	@bash scripts/setup_env.sh
@@ -23,5 +24,8 @@ setup:
 example: setup
 	$(RUN) train.py --config configs/example.yaml --overwrite
 
-test: setup
+lammps: setup
+	$(RUN) -m e3pot.cli.main lammps build
+
+test: setup lammps
 	$(RUN) -m pytest -q --durations=20

@@ -74,7 +74,8 @@ class Engine {
                                  "or 'e3pot export MODEL -o FILE.pt2 --format aoti'");
       }
       module.eval();
-      if (!module.find_method("local_energy"))
+      auto method = module.find_method("local_energy");
+      if (!method || method->function().getSchema().arguments().size() != 6)  // self and 5 tensors
         throw std::runtime_error(path + " was exported by an e3pot version without the engines' call (local_energy): "
                                  "export the model again with 'e3pot export MODEL -o FILE'");
       text = extra["metadata.json"];
