@@ -17,7 +17,9 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <malloc.h>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
@@ -127,6 +129,23 @@ class Engine {
 
 }    // namespace e3pot
 
+// Keep freed memory in the process between calls, as e3pot's Python side does (e3pot/allocator.py):
+// every call allocates and frees the same edge-sized buffers, and glibc would otherwise hand them
+// back to the kernel and fault them in again. E3POT_MALLOC=off, or malloc settings of the user's own,
+// leave malloc alone.
+static void tune_allocator()
+{
+  const char *flag = std::getenv("E3POT_MALLOC");
+  if (flag && (!strcmp(flag, "off") || !strcmp(flag, "0") || !strcmp(flag, "false") || !strcmp(flag, "no"))) return;
+  if (std::getenv("GLIBC_TUNABLES")) return;
+  const char *preload = std::getenv("LD_PRELOAD");
+  if (preload && (strstr(preload, "jemalloc") || strstr(preload, "tcmalloc") || strstr(preload, "mimalloc"))) return;
+  for (const char *name : {"MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_MAX_", "MALLOC_ARENA_MAX_", "MALLOC_TOP_PAD_"})
+    if (std::getenv(name)) return;
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  mallopt(M_MMAP_MAX, 0);
+}
+
 static std::string first_line(const std::string &text)
 {
   auto end = text.find('\n');
@@ -140,6 +159,7 @@ PairE3Pot::PairE3Pot(LAMMPS *lmp) : Pair(lmp), device_name("cpu")
   one_coeff = 1;
   manybody_flag = 1;
   no_virial_fdotr_compute = 1;    // the virial comes from the edge derivatives (engine.py)
+  tune_allocator();
 }
 
 PairE3Pot::~PairE3Pot()
