@@ -14,6 +14,11 @@ Prints markdown tables and writes JSON (--out).
 ``CompiledTrainingLoss`` for (c)). Part (e) is the time to first
 result: a fresh process imports e3pot, loads a model file and evaluates aspirin once, for each path
 (the compiled one with an empty and then with a filled Inductor cache).
+
+``--device cuda`` runs every case on the GPU (timings end with a CUDA synchronisation; part (b) also
+reports the peak GPU memory), and ``--kernels torch cueq`` times each case once per kernel backend of the
+edge convolution (:mod:`e3pot.model.kernels`), one row each; ``cueq`` is not combined with the compiled
+path. benchmarks/gpu.sh runs both on a machine with a GPU.
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ from e3pot.allocator import tune_allocator  # noqa: E402
 from e3pot.data.graph import collate  # noqa: E402
 from e3pot.data.neighbors import SpeciesMap, atoms_to_graph  # noqa: E402
 from e3pot.model.forces import evaluate  # noqa: E402
+from e3pot.model.kernels import use_kernels  # noqa: E402
 from e3pot.model.potential import E3Potential  # noqa: E402
 
 # Hyperparameters. "matched" equals the NequIP peer model (r_max 5, l_max 2, parity, 32 features,
@@ -74,9 +80,28 @@ def build(preset: str, dtype: torch.dtype, avg_num_neighbors: float = 14.6) -> E
     return E3Potential(SPECIES, avg_num_neighbors=avg_num_neighbors, **PRESETS[preset]).to(dtype).eval()
 
 
+def prepared(model: E3Potential, device: str, kernels: str) -> E3Potential:
+    """``model`` on ``device`` with its edge convolutions run by ``kernels`` (in place)."""
+    return use_kernels(model.to(device), kernels, inplace=True)
+
+
+def synced(fn, device: str):
+    """``fn``, followed on a GPU by a synchronisation, so that a timing covers the kernels it launched."""
+    if not device.startswith("cuda"):
+        return fn
+
+    def run(*args):
+        out = fn(*args)
+        torch.cuda.synchronize()
+        return out
+
+    return run
+
+
 def graph_of(structs, model):
     species = SpeciesMap(model.atomic_numbers)
-    return collate([atoms_to_graph(a, species, model.r_max) for a in structs]).to(dtype=model.dtype)
+    device = next(model.parameters()).device
+    return collate([atoms_to_graph(a, species, model.r_max) for a in structs]).to(device=device, dtype=model.dtype)
 
 
 def peak_rss_mb() -> float:
@@ -89,18 +114,19 @@ def peak_rss_mb() -> float:
 
 def evaluator(model, path: str):
     """``graph -> prediction`` for the eager model or its compiled form, and the compiled model (or None)."""
+    device = str(next(model.parameters()).device)
     if path == "eager":
-        return (lambda graph: evaluate(model, graph)), None
+        return synced(lambda graph: evaluate(model, graph), device), None
     from e3pot.model.compiled import CompiledModel
 
     compiled = CompiledModel(model)
-    return (lambda graph: compiled(graph, False)), compiled
+    return synced(lambda graph: compiled(graph, False), device), compiled
 
 
 def water_child(args) -> None:
     tune_allocator()  # unless the parent set E3POT_MALLOC=off
     torch.set_num_threads(args.threads)
-    model = build(args.preset, getattr(torch, args.dtype))
+    model = prepared(build(args.preset, getattr(torch, args.dtype)), args.device, args.kernel)
     _, water, _ = structures.load(args.data_dir)
     t0 = time.perf_counter()
     graph = graph_of([water], model)
@@ -110,9 +136,10 @@ def water_child(args) -> None:
     fn(graph)
     first_s = time.perf_counter() - t0
     r = timeit(lambda: fn(graph), args.water_reps, 2)
+    gpu = {"peak_gpu_mb": torch.cuda.max_memory_allocated() / 2 ** 20} if args.device.startswith("cuda") else {}
     print(json.dumps({"n_atoms": len(water), "n_edges": int(graph.edge_index.shape[1]), "neighbor_list_s": nl_s,
                       "first_call_s": first_s, "step_s": r, "us_per_atom_step": r["median_s"] / len(water) * 1e6,
-                      "peak_rss_mb": peak_rss_mb()}))
+                      "peak_rss_mb": peak_rss_mb(), **gpu}))
 
 
 def first_result_child(args) -> None:
@@ -122,24 +149,25 @@ def first_result_child(args) -> None:
     t_import = time.perf_counter() - t0
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    model = load_any(args.model_file, compile=args.path == "compiled")
+    model = use_kernels(load_any(args.model_file, device=args.device, compile=args.path == "compiled"), args.kernel)
     t_load = time.perf_counter() - t0
     aspirin, _, _ = structures.load(args.data_dir)
     t0 = time.perf_counter()
-    graph = collate([atoms_to_graph(aspirin, SpeciesMap(model.atomic_numbers), model.r_max)])
-    run_model(model, graph, False)
+    graph = collate([atoms_to_graph(aspirin, SpeciesMap(model.atomic_numbers), model.r_max)]).to(device=args.device)
+    synced(run_model, args.device)(model, graph, False)
     t_first = time.perf_counter() - t0
     print(json.dumps({"import_s": t_import, "load_s": t_load, "first_call_s": t_first,
                       "total_s": t_import + t_load + t_first}))
 
 
-def run_case(args, preset: str, dtype_name: str, path: str = "eager") -> dict:
+def run_case(args, preset: str, dtype_name: str, path: str = "eager", kernels: str = "torch") -> dict:
     dtype = getattr(torch, dtype_name)
-    model = build(preset, dtype)
+    model = prepared(build(preset, dtype), args.device, kernels)
     aspirin, _, _ = structures.load(args.data_dir)
     n = len(aspirin)
-    res = {"preset": preset, "dtype": dtype_name, "path": path, "n_params": sum(p.numel() for p in model.parameters()),
-           "hyperparams": PRESETS[preset]}
+    res = {"preset": preset, "dtype": dtype_name, "path": path, "kernels": kernels, "device": args.device,
+           "n_params": sum(p.numel() for p in model.parameters()), "hyperparams": PRESETS[preset]}
+    child = ["--threads", str(args.threads), "--device", args.device, "--kernel", kernels]
     fn, compiled = evaluator(model, path)
     if "a" in args.parts:
         for batch in (1, 32):
@@ -152,7 +180,7 @@ def run_case(args, preset: str, dtype_name: str, path: str = "eager") -> dict:
                                   "us_per_atom_step": r["median_s"] / (batch * n) * 1e6}
     if "b" in args.parts:
         argv = [sys.executable, os.path.abspath(__file__), "--water-child", "--preset", preset, "--dtypes", dtype_name,
-                "--threads", str(args.threads), "--water-reps", str(args.water_reps), "--path", path]
+                "--water-reps", str(args.water_reps), "--path", path, *child]
         if args.data_dir:
             argv += ["--data-dir", args.data_dir]
         out = subprocess.run(argv, capture_output=True, text=True)
@@ -163,12 +191,12 @@ def run_case(args, preset: str, dtype_name: str, path: str = "eager") -> dict:
         from e3pot.data.graph import Labels
         from e3pot.train.loss import weighted_loss
 
-        train_model = build(preset, dtype).train()
+        train_model = prepared(build(preset, dtype), args.device, kernels).train()
         graph = graph_of(structures.perturbed(aspirin, 5, seed=2), train_model)
         rng = np.random.default_rng(0)
         labels = Labels(torch.tensor(rng.normal(size=5), dtype=torch.float64),
                         torch.tensor(rng.normal(size=(5 * n, 3)), dtype=dtype),
-                        torch.full((5, 3, 3), float("nan"), dtype=dtype), torch.full((5,), n))
+                        torch.full((5, 3, 3), float("nan"), dtype=dtype), torch.full((5,), n)).to(device=args.device)
         opt = torch.optim.Adam(train_model.parameters(), lr=1e-4)
 
         def loss_fn(pred, lab):  # the energy+force loss of training (per-atom energy MSE + force MSE)
@@ -190,6 +218,8 @@ def run_case(args, preset: str, dtype_name: str, path: str = "eager") -> dict:
             loss().backward()
             opt.step()
 
+        step = synced(step, args.device)
+
         t0 = time.perf_counter()
         step()
         first_s = time.perf_counter() - t0
@@ -205,7 +235,8 @@ def run_case(args, preset: str, dtype_name: str, path: str = "eager") -> dict:
         from e3pot.calculator import E3PotCalculator
 
         atoms = aspirin.copy()
-        atoms.calc = E3PotCalculator(compiled if compiled is not None else model)
+        atoms.calc = E3PotCalculator(compiled if compiled is not None else model, device=args.device,
+                                     kernels=kernels if compiled is None else "torch")
         MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
         dyn = VelocityVerlet(atoms, timestep=0.5 * units.fs)
         dyn.run(5)
@@ -225,7 +256,7 @@ def run_case(args, preset: str, dtype_name: str, path: str = "eager") -> dict:
             runs = [("cold", path)] + ([("warm", path)] if path == "compiled" else [])
             for label, p in runs:
                 argv = [sys.executable, os.path.abspath(__file__), "--first-result-child", "--model-file", model_file,
-                        "--threads", str(args.threads), "--path", p]
+                        "--path", p, *child]
                 if args.data_dir:
                     argv += ["--data-dir", args.data_dir]
                 out = subprocess.run(argv, capture_output=True, text=True, env=env)
@@ -233,6 +264,13 @@ def run_case(args, preset: str, dtype_name: str, path: str = "eager") -> dict:
                     raise RuntimeError(f"first-result benchmark failed:\n{out.stderr[-3000:]}")
                 res[f"e_first_{label}"] = json.loads(out.stdout.strip().splitlines()[-1])
     return res
+
+
+def run_label(r: dict) -> str:
+    """How a row of ours ran: the path, and the kernels and device where they are not the defaults."""
+    parts = [r.get("path", "eager")] + [r[k] for k, default in (("kernels", "torch"), ("device", "cpu"))
+                                        if r.get(k, default) != default]
+    return ", ".join(parts)
 
 
 def fmt(x, spec="{:.1f}"):
@@ -289,7 +327,7 @@ def ratio_table(ours: list, peers: list, preset: str = "matched") -> str:
             return fmt(peer_val / my_val if peer_val and my_val else None, "{:.2f}×")
 
         lines.append(
-            f"| {mine.get('path', 'eager')} | {p['name']} | {p['dtype']} | {ratio(get(p['a1'], 'step_s', 'median_s'), get(mine, 'a_B1', 'step_s', 'median_s'))} | "
+            f"| {run_label(mine)} | {p['name']} | {p['dtype']} | {ratio(get(p['a1'], 'step_s', 'median_s'), get(mine, 'a_B1', 'step_s', 'median_s'))} | "
             f"{ratio(get(p['a32'], 'step_s', 'median_s'), get(mine, 'a_B32', 'step_s', 'median_s'))} | "
             f"{ratio(get(p['b'], 'step_s', 'median_s'), get(mine, 'b_water', 'step_s', 'median_s'))} | "
             f"{ratio(get(p['c'], 'step_s', 'median_s'), get(mine, 'c_train_B5', 'step_s', 'median_s'))} | "
@@ -303,6 +341,9 @@ def main(argv=None) -> dict:
     p.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
     p.add_argument("--parts", default="abcd", help="any of a, b, c, d and e (time to first result)")
     p.add_argument("--paths", nargs="+", default=["eager"], choices=["eager", "compiled"])
+    p.add_argument("--kernels", nargs="+", default=["torch"], choices=["torch", "cueq"],
+                   help="kernel backends of the edge convolution, one row each (cueq: eager path only)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--water-reps", type=int, default=20)
@@ -317,6 +358,7 @@ def main(argv=None) -> dict:
     p.add_argument("--water-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--preset", default="matched", help=argparse.SUPPRESS)
     p.add_argument("--path", default="eager", help=argparse.SUPPRESS)
+    p.add_argument("--kernel", default="torch", help=argparse.SUPPRESS)
     p.add_argument("--first-result-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model-file", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -338,14 +380,19 @@ def main(argv=None) -> dict:
     for preset in args.presets:
         for dtype in args.dtypes:
             for path in args.paths:
-                print(f"timing {preset} {dtype} {path} ...", file=sys.stderr, flush=True)
-                results.append(run_case(args, preset, dtype, path))
+                for kernels in args.kernels:
+                    if kernels == "cueq" and path == "compiled":
+                        print("skipping cueq on the compiled path (it runs the torch kernels)", file=sys.stderr)
+                        continue
+                    print(f"timing {preset} {dtype} {path} {kernels} on {args.device} ...", file=sys.stderr, flush=True)
+                    results.append(run_case(args, preset, dtype, path, kernels))
     peers = load_peers(args.peers, args.threads) if args.peers else []
     report = io.StringIO()
     with contextlib.redirect_stdout(report):
         print_tables(args, results, peers, described, applied)
     print(report.getvalue(), end="")
-    out = {"env": {"torch": torch.__version__, "threads": args.threads, "structures": described, "malloc": applied},
+    out = {"env": {"torch": torch.__version__, "threads": args.threads, "structures": described, "malloc": applied,
+                   "device": args.device},
            "e3pot": results, "peers": peers}
     name, folder = bench_results.split_out(args.out)
     bench_results.write(name, out, report.getvalue(), folder=folder, merge=True)
@@ -358,7 +405,7 @@ def print_tables(args, results, peers, described, applied) -> None:
           f"repetitions ({args.water_reps} for water); malloc: {applied or 'glibc defaults'}.\n")
     print(HEADER)
     for r in results:
-        print(row(f"e3pot {r['preset']} ({r.get('path', 'eager')})", r["dtype"], f"{r['n_params']:,}", r.get("a_B1"), r.get("a_B32"),
+        print(row(f"e3pot {r['preset']} ({run_label(r)})", r["dtype"], f"{r['n_params']:,}", r.get("a_B1"), r.get("a_B32"),
                   r.get("b_water"), r.get("c_train_B5"), r.get("d_md"), "this run"))
     first = [(r, label) for r in results for label in ("cold", "warm") if f"e_first_{label}" in r]
     if first:
@@ -367,7 +414,7 @@ def print_tables(args, results, peers, described, applied) -> None:
         print("| model | dtype | path | import s | load s | first call s | total s |\n" + "|---" * 7 + "|")
         for r, label in first:
             e = r[f"e_first_{label}"]
-            print(f"| e3pot {r['preset']} | {r['dtype']} | {r.get('path', 'eager')}"
+            print(f"| e3pot {r['preset']} | {r['dtype']} | {run_label(r)}"
                   f"{', ' + label if r.get('path') == 'compiled' else ''} | {e['import_s']:.1f} | {e['load_s']:.1f} | "
                   f"{e['first_call_s']:.1f} | {e['total_s']:.1f} |")
         print()

@@ -12,6 +12,7 @@ from e3pot.data.graph import collate
 from e3pot.data.neighbors import SpeciesMap, VerletList, atoms_to_graph
 from e3pot.model.chunked import check_budget, warn_if_not_chunkable
 from e3pot.model.compiled import CompiledModel
+from e3pot.model.kernels import check_kernels, kernels_of, use_kernels
 from e3pot.model.runtime import check_device, check_finite, load_any, run_model
 
 
@@ -38,6 +39,11 @@ class E3PotCalculator(Calculator):
         threads: sets torch's number of CPU threads for the whole process (``torch.set_num_threads``);
             default: torch's own (one per core). For molecules of a few dozen atoms, 1-2 threads are as
             fast as more.
+        kernels: what runs the edge convolutions (:mod:`e3pot.model.kernels`): ``"torch"``, ``"cueq"``
+            (cuEquivariance; needs ``e3pot[cueq]``) or ``"auto"`` (default: ``cueq`` on a GPU with cuEquivariance's
+            CUDA kernels installed, else ``torch``). A runtime choice: the model file is the same for both.
+            ``cueq`` is refused with ``compile`` and for exports and model kinds without such convolutions
+            (``egnn``). ``kernels`` (the attribute) says which backend runs: ``"torch"`` or ``"cueq"``.
 
     Implements ``energy``, ``free_energy``, ``forces``, per-atom ``energies`` and, for periodic
     cells, ``stress`` (ASE's Voigt order, eV/Å^3). ``neighbor_list_builds`` counts the list builds.
@@ -48,8 +54,9 @@ class E3PotCalculator(Calculator):
 
     def __init__(self, model, device: str = "cpu", dtype: Optional[str] = None,
                  memory_budget: Optional[float] = None, skin: float = 0.0, compile: bool = False,
-                 threads: Optional[int] = None, **kwargs):
+                 threads: Optional[int] = None, kernels: str = "auto", **kwargs):
         super().__init__(**kwargs)
+        check_kernels(kernels, compile)
         check_budget(memory_budget)  # memory_budget, and E3POT_MEMORY_BUDGET whether or not it is used
         if not skin >= 0:
             raise ValueError(f"skin must be >= 0 Å, got {skin}")
@@ -60,7 +67,10 @@ class E3PotCalculator(Calculator):
         self.device = check_device(device)
         if self.device.type == "cpu":
             tune_allocator()
-        self.model = load_any(model, device=device, dtype=dtype, compile=compile)
+        if compile:  # the compiled path traces the torch kernels
+            model = use_kernels(model, "torch")
+        self.model = use_kernels(load_any(model, device=device, dtype=dtype, compile=compile), kernels)
+        self.kernels = kernels_of(self.model) or "torch"
         warn_if_not_chunkable(self.model.model if isinstance(self.model, CompiledModel) else self.model, memory_budget)
         self.dtype = self.model.dtype
         self.r_max = float(self.model.r_max)

@@ -10,12 +10,13 @@ import torch
 
 from e3pot.data.graph import collate
 from e3pot.data.neighbors import SpeciesMap, atoms_to_graph
+from e3pot.model.kernels import check_kernels, use_kernels
 from e3pot.model.runtime import check_finite, load_any, model_device, run_model
 
 
 def iter_predictions(model, structures: Iterable, batch_size: int = 32, compute_stress: Optional[bool] = None,
                      named: bool = False, memory_budget: Optional[float] = None,
-                     compile: bool = False) -> Iterator[Dict[str, np.ndarray]]:
+                     compile: bool = False, kernels: Optional[str] = None) -> Iterator[Dict[str, np.ndarray]]:
     """Yield one dict per structure: ``energy`` (eV), ``forces`` (eV/Å), ``energies`` (per atom, eV)
     and, for periodic structures with a cell volume, ``stress`` (3x3, eV/Å^3, ASE sign).
 
@@ -27,15 +28,22 @@ def iter_predictions(model, structures: Iterable, batch_size: int = 32, compute_
     (see :mod:`e3pot.model.chunked`). A structure whose energy or forces come out NaN or infinite raises
     :class:`~e3pot.model.runtime.NonFiniteError` naming it; nothing non-finite is returned.
     ``compile=True`` runs the compiled path (:mod:`e3pot.model.compiled`; it pays for its compilation
-    after some thousands of small structures).
+    after some thousands of small structures). ``kernels``: ``"torch"``, ``"cueq"`` or ``"auto"`` (see
+    :mod:`e3pot.model.kernels`); default None: the model runs as it is given (a model file: with torch kernels).
     """
     from ase import Atoms
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if kernels is not None:
+        check_kernels(kernels, compile)
+    if compile:  # the compiled path traces the torch kernels
+        model = use_kernels(model, "torch")
     if isinstance(model, (str, os.PathLike)) or compile:
         model = load_any(model, device=str(model_device(model)) if isinstance(model, torch.nn.Module) else "cpu",
                          compile=compile)
+    if kernels is not None:
+        model = use_kernels(model, kernels)
     if isinstance(structures, Atoms):
         structures = [("structure 0", structures)] if named else [structures]
     species = SpeciesMap(model.atomic_numbers)
@@ -76,10 +84,11 @@ def iter_predictions(model, structures: Iterable, batch_size: int = 32, compute_
 
 
 def predict(model, structures: Iterable, batch_size: int = 32, compute_stress: Optional[bool] = None,
-            memory_budget: Optional[float] = None, compile: bool = False) -> List[Dict[str, np.ndarray]]:
+            memory_budget: Optional[float] = None, compile: bool = False,
+            kernels: Optional[str] = None) -> List[Dict[str, np.ndarray]]:
     """List version of :func:`iter_predictions`."""
     return list(iter_predictions(model, structures, batch_size, compute_stress, memory_budget=memory_budget,
-                                 compile=compile))
+                                 compile=compile, kernels=kernels))
 
 
 PREFIX = "e3pot_"  # of the predictions' keys in extended XYZ

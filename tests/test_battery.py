@@ -10,6 +10,7 @@ from ase.build import molecule
 
 import e3pot.testing
 from e3pot.model.compiled import compile_model
+from e3pot.model.kernels import cueq_installed, kernels_of, use_kernels
 from e3pot.predict import predict
 from e3pot.testing import CHECKS, ModelTests, check_model, failed_checks, random_model
 from e3pot.testing.flawed import FAILS, DetachedPair
@@ -23,28 +24,25 @@ KINDS = {
     "egnn": dict(kind="egnn"),
 }
 BY_DESIGN = {"cartesian": frozenset({"rotation", "rotoreflection"})}  # nothing built in: must fail these
-BACKENDS = ["torch"]  # kernel backends; a new one (cuEquivariance, ...) joins this list
-
-
-def with_backend(model, backend: str):
-    """``model`` running its tensor products with kernel ``backend``."""
-    if backend == "torch":
-        return model
-    raise ValueError(f"unknown kernel backend {backend!r}")
+# Kernel backends of the edge convolution (e3pot.model.kernels): cueq where cuEquivariance is installed, on two
+# kinds with that convolution (tests/test_cueq.py shows every such kind equal to its torch run to 1e-10).
+BACKENDS = ["torch"] + (["cueq"] if cueq_installed() else [])
+VARIANTS = [(k, b) for k in KINDS for b in BACKENDS if b == "torch" or k in ("e3", "invariant")]
 
 
 class TestEveryKind(ModelTests):
-    """Each kind, eager, in float32 and float64."""
+    """Each kind, eager, in float32 and float64, with each kernel backend."""
 
-    @pytest.fixture(scope="class", params=[(k, b) for k in KINDS for b in BACKENDS],
-                    ids=[f"{k}-{b}" for k in KINDS for b in BACKENDS])
+    @pytest.fixture(scope="class", params=VARIANTS, ids=[f"{k}-{b}" for k, b in VARIANTS])
     def variant(self, request):
         return request.param  # (kind, backend)
 
     @pytest.fixture(scope="class")
     def model(self, variant):
         kind, backend = variant
-        return with_backend(random_model(**KINDS[kind]), backend)
+        model = use_kernels(random_model(**KINDS[kind]), backend)
+        assert kernels_of(model) == (None if kind == "egnn" else backend)
+        return model
 
     @pytest.fixture(scope="class")
     def expected_failures(self, variant):

@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="run the compiled path (a model file only): faster per structure after a compilation of "
                         "tens of seconds to minutes at the start")
+    p.add_argument("--kernels", default="auto", choices=["auto", "torch", "cueq"],
+                   help="what runs the edge convolutions: torch, cueq (cuEquivariance; pip install 'e3pot[cueq]') or "
+                        "auto (default: cueq on a GPU with cuEquivariance's CUDA kernels installed, else torch)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -94,8 +97,10 @@ def check_args(args):
     from e3pot.data.io import DataError, LabelSpec
     from e3pot.data.units import energy_factor, length_factor, stress_factor
     from e3pot.files import check_output
+    from e3pot.model.kernels import check_kernels
     from e3pot.predict import OUTPUT_FORMATS
 
+    check_kernels(args.kernels, args.compile)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.memory_budget is not None and not args.memory_budget > 0:
@@ -161,6 +166,7 @@ def run(args) -> int:
     from e3pot.data.io import count_frames
     from e3pot.files import atomic_output
     from e3pot.metrics import Errors, group_of, iter_scored
+    from e3pot.model.kernels import use_kernels
     from e3pot.model.runtime import load_any
     from e3pot.predict import PredictionWriter
 
@@ -176,7 +182,8 @@ def run(args) -> int:
         rows = csv.writer(stack.enter_context(open(tmp["--csv"], "w", newline=""))) if args.csv else None
         if rows:
             rows.writerow(["index", "source", "n_atoms", "energy_eV", "energy_per_atom_eV", args.group_by])
-        model = load_any(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
+        model = use_kernels(load_any(args.model, device=args.device, dtype=args.dtype, compile=args.compile),
+                            args.kernels)
         bar = stack.enter_context(tqdm(total=total, unit="structure", disable=args.no_progress, desc="predicting"))
         for name, atoms, pred in iter_scored(model, _items(args.inputs, labels), errors, args.batch_size,
                                              args.memory_budget):

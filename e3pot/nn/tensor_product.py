@@ -51,6 +51,7 @@ class EdgeTensorProductScatter(nn.Module):
         self.irreps_in = o3.Irreps(irreps_in)
         self.irreps_sh = o3.Irreps(irreps_sh)
         self.irreps_out = o3.Irreps(irreps_out)
+        self.norm = float(norm)
         wanted = {ir for _, ir in self.irreps_out}
         if any(mul != 1 for mul, _ in self.irreps_sh):
             raise ValueError(f"edge irreps {self.irreps_sh} must hold each l once (multiplicity 1)")
@@ -177,6 +178,12 @@ class EdgeTensorProductScatter(nn.Module):
                 out = out.reshape(n_edges, n_paths, d3, mul) * weights[k].reshape(n_edges, n_paths, 1, mul)
             summed = torch.zeros((n_atoms, n_paths, d3, mul), dtype=out.dtype, device=out.device)
             sums.append(summed.index_add_(0, receiver, out))
+        return self.mix(sums, n_atoms)
+
+    def mix(self, sums: List[Tensor], n_atoms: int) -> Tensor:
+        """The output (n_atoms, irreps_out.dim) from the neighbour sums, one (n_atoms, n_paths, d3, mul) tensor per
+        (input block, output dimension) group, the paths of a group in the order of :attr:`paths`. Another kernel
+        backend (:mod:`e3pot.nn.cueq`) hands its neighbour sums in here."""
         mixed: List[Tensor] = []
         i = 0
         for t in range(len(self.type_dim)):
