@@ -3,8 +3,9 @@ repository's configs, data and train.py, in their order; training commands only 
 (``--trainer.max_steps``), each with a time limit so that a hang fails.
 
 Left to their own tests: the DDP command (tests/test_train_defects.py), ``--compile``
-(tests/test_compiled.py); not run here: set-up and the suite itself, cluster launchers, and
-commands on data that is not shipped (``/path/to``)."""
+(tests/test_compiled.py), ``--format aoti`` (tests/test_aoti.py; minutes of compilation for the example
+model); not run here: set-up and the suite itself, cluster launchers, and commands on data that is not
+shipped (``/path/to``)."""
 import os
 import re
 import shutil
@@ -20,7 +21,7 @@ AUDIT_SHORT = "--nve-steps 20"
 # Python examples run with fewer steps and a smaller box; everything else as written
 PYTHON_SHORT = {"md.run(200)": "md.run(20)", "atoms.repeat((24, 24, 24))": "atoms.repeat((4, 4, 4))"}
 LEFT_OUT = ("make ", "pip ", "python3 -m venv", "python -m pytest", "srun ", "torchrun ")
-ELSEWHERE = ("--trainer.strategy ddp", "--compile", "compile=True", "/path/to")
+ELSEWHERE = ("--trainer.strategy ddp", "--compile", "compile=True", "--format aoti", "/path/to")
 
 
 def blocks(document: str, language: str):

@@ -110,6 +110,13 @@ def read_model_file(path: str) -> Dict[str, Any]:
                              "(or use) the model file (model.pt) it was made from")
         raise ValueError(f"{path} is a TorchScript archive, not an e3pot model file; give the model file written "
                          "by training (model.pt)")
+    if any(n.startswith("data/aotinductor/") for n in inner):
+        models = {n.split("/")[2] for n in inner if n.count("/") >= 3 and n.startswith("data/aotinductor/")}
+        if {"forces", "local_energy"} <= models:
+            raise ValueError(f"{path} is an AOTInductor package made by e3pot export --format aoti, not a model file; "
+                             "export from (or use) the model file (model.pt) it was made from")
+        raise ValueError(f"{path} is an AOTInductor package (.pt2), not an e3pot model file; give the model file "
+                         "written by training (model.pt)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every failure says what the file is

@@ -1,7 +1,8 @@
 """Loading any kind of model for inference, and running it on a graph: the one place that decides how.
 
 A model is eager (an :class:`~e3pot.model.base.EnergyModel`), compiled
-(:class:`~e3pot.model.compiled.CompiledModel`) or exported (:class:`~e3pot.model.export.ExportedModel`).
+(:class:`~e3pot.model.compiled.CompiledModel`) or exported (:class:`~e3pot.model.export.ExportedModel`, or
+an AOTInductor package: :class:`~e3pot.model.aoti.AotiModel`).
 :func:`choose_path` decides, for a model and a graph, between
 
 * ``direct``: the eager model in one piece (:func:`e3pot.model.forces.evaluate`);
@@ -24,6 +25,7 @@ from torch import Tensor
 
 from e3pot.data.graph import AtomicGraph
 from e3pot.model import forces
+from e3pot.model.aoti import AotiModel, is_aoti
 from e3pot.model.base import Runtime
 from e3pot.model.chunked import (MemoryBudgetError, budget_from_env, chunked_evaluate, out_of_memory_message, plan,
                                  warn_if_not_chunkable)
@@ -73,7 +75,8 @@ def check_device(device: Union[str, torch.device]) -> torch.device:
 
 def load_any(model: Union[str, os.PathLike, torch.nn.Module, ExportedModel], device: str = "cpu",
              dtype: Optional[str] = None, compile: bool = False):
-    """A model file, a TorchScript export, or an already loaded model, on ``device`` in ``dtype``;
+    """A model file, a TorchScript export, an AOTInductor package (.pt2), or an already loaded model, on
+    ``device`` in ``dtype``;
     with ``compile=True``, wrapped for the compiled path (:mod:`e3pot.model.compiled`).
 
     Raises ValueError for a device that torch does not know or cannot use, and for an
@@ -89,15 +92,20 @@ def load_any(model: Union[str, os.PathLike, torch.nn.Module, ExportedModel], dev
         loaded = load_any(model, device=device, dtype=dtype)
         if isinstance(loaded, ExportedModel):
             raise ValueError("compile needs a model file (model.pt); a TorchScript export cannot be compiled")
+        if isinstance(loaded, AotiModel):
+            raise ValueError("compile needs a model file (model.pt); an AOTInductor package (.pt2) is compiled "
+                             "already: use it without compile")
         return compile_model(loaded)
     if isinstance(model, os.PathLike):
         model = os.fspath(model)
     if isinstance(model, str):
         if is_torchscript(model):
             model = ExportedModel(model, device=device)
+        elif is_aoti(model):
+            model = AotiModel(model, device=device)
         else:
             return load_model(model, device=device, dtype=dtype)
-    if isinstance(model, ExportedModel):
+    if isinstance(model, (ExportedModel, AotiModel)):
         if dtype is not None and dtype_from_name(dtype) != model.dtype:
             raise ValueError(f"the exported model runs in {model.dtype}, not {dtype}; export it again in {dtype}")
         return model
@@ -145,7 +153,7 @@ def choose_path(model, graph: AtomicGraph, compute_stress: bool = False, memory_
         return Path(CHUNKED, chunk_edges)
     if isinstance(model, CompiledModel):
         return Path(COMPILED)
-    if isinstance(model, ExportedModel):
+    if isinstance(model, (ExportedModel, AotiModel)):
         return Path(EXPORTED)
     return Path(DIRECT)
 
