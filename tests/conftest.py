@@ -53,3 +53,24 @@ def periodic():
     cell = np.array([[3.1, 0.0, 0.0], [0.4, 3.3, 0.0], [-0.3, 0.2, 3.0]])
     frac = rng.uniform(size=(5, 3))
     return Atoms("SiOOCH", scaled_positions=frac, cell=cell, pbc=True)
+
+
+@pytest.fixture(scope="session")
+def aoti_package(tmp_path_factory):
+    """(model file, TorchScript export, AOTInductor package) of one tiny float64 model (l_max 1, 2 layers), the
+    package written by the command line (``-o *.pt2`` says the format). Compiling it takes over a minute, so
+    it is made once for the session: tests/test_aoti.py and tests/test_lammps.py share it."""
+    import time
+
+    from e3pot.cli.export import main as export_main
+    from e3pot.model.export import export_model
+    from e3pot.model.io import save_model
+
+    folder = tmp_path_factory.mktemp("aoti")
+    model_path = save_model(make_model(num_layers=2, l_max=1), str(folder / "model.pt"))
+    ts_path = export_model(make_model(num_layers=2, l_max=1), str(folder / "model.ts"))
+    path = str(folder / "model.pt2")
+    start = time.perf_counter()
+    assert export_main([model_path, "-o", path]) == 0
+    print(f"AOTInductor export: {time.perf_counter() - start:.0f} s")
+    return model_path, ts_path, path

@@ -35,19 +35,12 @@ TOL = 1e-10
 
 
 @pytest.fixture(scope="module")
-def package(tmp_path_factory):
-    """(model file, TorchScript export, AOTInductor package) of one tiny float64 model; the package is written
-    by the command line (``-o *.pt2`` says the format)."""
-    folder = tmp_path_factory.mktemp("aoti")
-    model_path = save_model(make_model(num_layers=2, l_max=1), str(folder / "model.pt"))
-    ts_path = export_model(make_model(num_layers=2, l_max=1), str(folder / "model.ts"))
-    path = str(folder / "model.pt2")
-    start = time.perf_counter()
-    assert export_main([model_path, "-o", path]) == 0
-    print(f"AOTInductor export: {time.perf_counter() - start:.0f} s")
+def package(aoti_package):
+    """(model file, TorchScript export, AOTInductor package) of one tiny float64 model: see tests/conftest.py."""
+    model_path, ts_path, path = aoti_package
     assert is_aoti(path) and not is_torchscript(path)
-    assert [name for name in os.listdir(folder) if name.startswith(".")] == []  # no temporary file left
-    return model_path, ts_path, path
+    assert [name for name in os.listdir(os.path.dirname(path)) if name.startswith(".")] == []  # no temporary file
+    return aoti_package
 
 
 def results(calc, atoms):

@@ -175,6 +175,15 @@ def test_type_order_does_not_change_the_result(plugin, models, tmp_path):
     assert energies[0] == pytest.approx(energies[1], rel=1e-12)
 
 
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_aoti_package_matches_the_calculator(plugin, aoti_package, tmp_path, ranks):
+    model_file, _, package = aoti_package
+    atoms = water_box()
+    result = run_lammps(tmp_path, atoms, ["O", "H"], package, plugin, ranks=ranks)
+    assert "(AOTInductor, float64" in (tmp_path / "log.lammps").read_text()
+    assert_matches_calculator(tmp_path, atoms, model_file, result)
+
+
 def test_float32_model(plugin, models, tmp_path):
     atoms = water_box()
     result = run_lammps(tmp_path, atoms, ["O", "H"], models["float32"], plugin, ranks=2)
