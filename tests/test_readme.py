@@ -15,7 +15,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCUMENTS = ["README.md", "docs/training.md", "docs/using.md"]
+DOCUMENTS = ["README.md", "docs/training.md", "docs/using.md", "docs/lammps.md"]
 SHORT = "--trainer.max_steps 2 --trainer.enable_progress_bar false"
 AUDIT_SHORT = "--nve-steps 20"
 # Python examples run with fewer steps and a smaller box; everything else as written
