@@ -74,3 +74,17 @@ def aoti_package(tmp_path_factory):
     assert export_main([model_path, "-o", path]) == 0
     print(f"AOTInductor export: {time.perf_counter() - start:.0f} s")
     return model_path, ts_path, path
+
+
+def assert_same_predictions(reference: str, other: str, rel: float = 1e-10) -> None:
+    """Two files written by ``e3pot predict`` for the same structures hold the same energies, forces and stress
+    (stress only for periodic structures)."""
+    from ase.io import read
+
+    for a, b in zip(read(reference, ":"), read(other, ":"), strict=True):
+        assert b.info["e3pot_energy"] == pytest.approx(a.info["e3pot_energy"], rel=rel)
+        np.testing.assert_allclose(b.arrays["e3pot_forces"], a.arrays["e3pot_forces"], atol=1e-8)
+        if a.pbc.any():
+            np.testing.assert_allclose(b.info["e3pot_stress"], a.info["e3pot_stress"], rtol=1e-8, atol=1e-12)
+        else:
+            assert "e3pot_stress" not in b.info

@@ -83,8 +83,9 @@ def write_deck(structure: str, model: str, folder: str, *, index: int = -1, step
     from ase.io import read
 
     from e3pot.lammps import plugin_path
-    from e3pot.model.export import ExportedModel, export_model, is_torchscript
+    from e3pot.model.export import export_model, is_torchscript
     from e3pot.model.io import load_model
+    from e3pot.model.runtime import load_any
 
     if ensemble not in ENSEMBLES:
         raise ValueError(f"ensemble {ensemble!r}: use one of {', '.join(ENSEMBLES)}")
@@ -96,17 +97,8 @@ def write_deck(structure: str, model: str, folder: str, *, index: int = -1, step
     for role, path in files.items():
         check_output(path, "-o", inputs=[structure, model], overwrite=overwrite, missing_folder="make")
 
-    if exported and not model.endswith(".pt2"):
-        known = ExportedModel(model).atomic_numbers
-        r_max = ExportedModel(model).r_max
-    elif exported:
-        from e3pot.model.runtime import load_any
-
-        loaded = load_any(model)
-        known, r_max = loaded.atomic_numbers, loaded.r_max
-    else:
-        loaded = load_model(model)
-        known, r_max = loaded.atomic_numbers, loaded.r_max
+    loaded = load_any(model) if exported else load_model(model)
+    known, r_max = loaded.atomic_numbers, loaded.r_max
     present = elements_of(atoms)
     unknown = [s for s in present if numbers_of[s] not in known]
     if unknown:
