@@ -15,7 +15,7 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import molecule
-from ase.io import read, write
+from ase.io import write
 from conftest import assert_same_predictions, graph_of, make_model
 
 from e3pot.calculator import E3PotCalculator

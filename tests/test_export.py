@@ -9,7 +9,7 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import bulk, molecule
-from ase.io import read, write
+from ase.io import write
 from conftest import assert_same_predictions
 
 import e3pot
