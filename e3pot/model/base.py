@@ -31,6 +31,7 @@ class EnergyModel(nn.Module):
     so that ``kinds.build_model(model.config)`` makes the same model again."""
 
     kind = "base"
+    num_heads = 1  # read-out heads (a shallow ensemble has several: :mod:`e3pot.model.ensemble`)
 
     def _init_species(self, atomic_numbers: List[int], r_max: float, energy_shift: Optional[List[float]],
                       energy_scale: float, config: Dict[str, Any]) -> None:

@@ -23,23 +23,30 @@ class Prediction(NamedTuple):
     atomic_energies: Tensor  # (n_atoms,) eV
 
 
+def strain_geometry(graph: AtomicGraph, positions: Tensor, strain: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """Positions and edge shifts of ``graph`` with ``positions`` in place of its own, deformed by ``strain``
+    (n_graphs, 3, 3; its symmetric part is applied) when one is given."""
+    if strain is None:
+        return positions, graph.edge_shift
+    sym = 0.5 * (strain + strain.transpose(1, 2))
+    if graph.cell.shape[0] == 1:  # one structure: no per-edge copies of the strain
+        return positions + positions @ sym[0], graph.edge_shift + graph.edge_shift @ sym[0]
+    strained_positions = positions + torch.bmm(positions.unsqueeze(1), sym[graph.batch]).squeeze(1)
+    edge_graph = graph.batch[graph.edge_index[1]]
+    edge_shift = graph.edge_shift + torch.bmm(graph.edge_shift.unsqueeze(1), sym[edge_graph]).squeeze(1)
+    return strained_positions, edge_shift
+
+
 def apply_strain(graph: AtomicGraph, compute_stress: bool) -> Tuple[Tensor, Tensor, List[Tensor]]:
     """Positions and edge shifts from fresh leaf positions (and, for stress, a zero strain applied to
     both), and the tensors to differentiate the energy by: ``[positions]`` or ``[positions, strain]``."""
     positions = graph.positions.detach().requires_grad_(True)
     inputs: List[Tensor] = [positions]
-    strained_positions, edge_shift = positions, graph.edge_shift
+    strain: Optional[Tensor] = None
     if compute_stress:
         strain = torch.zeros_like(graph.cell).requires_grad_(True)  # (n_graphs, 3, 3)
-        sym = 0.5 * (strain + strain.transpose(1, 2))
-        if graph.cell.shape[0] == 1:  # one structure: no per-edge copies of the strain
-            strained_positions = positions + positions @ sym[0]
-            edge_shift = edge_shift + edge_shift @ sym[0]
-        else:
-            strained_positions = positions + torch.bmm(positions.unsqueeze(1), sym[graph.batch]).squeeze(1)
-            edge_graph = graph.batch[graph.edge_index[1]]
-            edge_shift = edge_shift + torch.bmm(edge_shift.unsqueeze(1), sym[edge_graph]).squeeze(1)
         inputs.append(strain)
+    strained_positions, edge_shift = strain_geometry(graph, positions, strain)
     return strained_positions, edge_shift, inputs
 
 

@@ -45,6 +45,8 @@ class E3Potential(EnergyModel):
         energy_shift: per-species energy in eV (fitted E0s), in ``atomic_numbers`` order; kept
             and added in float64 in any model dtype.
         energy_scale: eV, multiplies the network output (fitted force RMS).
+        heads: read-out heads on the shared features (a shallow ensemble, :mod:`e3pot.model.ensemble`).
+            The energy is the mean of the heads; their spread is the model's uncertainty. 1: one read-out.
 
     The model is built in float64, so that e3nn's Clebsch-Gordan and normalisation constants
     are exact in either precision; cast it with ``.to(torch.float32)`` for float32 use.
@@ -55,20 +57,25 @@ class E3Potential(EnergyModel):
     def __init__(self, atomic_numbers: List[int], r_max: float = 5.0, l_max: int = 2, num_features: int = 32,
                  num_layers: int = 4, num_basis: int = 8, cutoff_p: int = 6, radial_hidden: int = 64,
                  radial_layers: int = 2, parity: bool = True, avg_num_neighbors: float = 1.0,
-                 energy_shift: Optional[List[float]] = None, energy_scale: float = 1.0):
+                 energy_shift: Optional[List[float]] = None, energy_scale: float = 1.0, heads: int = 1):
         super().__init__()
         with default_dtype(torch.float64):
             self._build(atomic_numbers, r_max, l_max, num_features, num_layers, num_basis, cutoff_p,
-                        radial_hidden, radial_layers, parity, avg_num_neighbors, energy_shift, energy_scale)
+                        radial_hidden, radial_layers, parity, avg_num_neighbors, energy_shift, energy_scale, heads)
 
     def _build(self, atomic_numbers, r_max, l_max, num_features, num_layers, num_basis, cutoff_p,
-               radial_hidden, radial_layers, parity, avg_num_neighbors, energy_shift, energy_scale) -> None:
+               radial_hidden, radial_layers, parity, avg_num_neighbors, energy_shift, energy_scale, heads) -> None:
         if l_max < 0 or num_layers < 1 or num_features < 1:
             raise ValueError(f"invalid sizes: l_max={l_max}, num_layers={num_layers}, num_features={num_features}")
-        self._init_species(atomic_numbers, r_max, energy_shift, energy_scale, self._config(
-            l_max=l_max, num_features=num_features, num_layers=num_layers, num_basis=num_basis, cutoff_p=cutoff_p,
-            radial_hidden=radial_hidden, radial_layers=radial_layers, parity=parity,
-            avg_num_neighbors=float(avg_num_neighbors)))
+        if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+            raise ValueError(f"heads must be a positive integer, got {heads!r}")
+        config = dict(l_max=l_max, num_features=num_features, num_layers=num_layers, num_basis=num_basis,
+                      cutoff_p=cutoff_p, radial_hidden=radial_hidden, radial_layers=radial_layers, parity=parity,
+                      avg_num_neighbors=float(avg_num_neighbors))
+        if heads > 1:  # a one-headed model's config stays as it was
+            config["heads"] = heads
+        self._init_species(atomic_numbers, r_max, energy_shift, energy_scale, self._config(**config))
+        self.num_heads = heads
         n_species = self.num_species
 
         self.irreps_sh = o3.Irreps.spherical_harmonics(l_max)
@@ -85,7 +92,7 @@ class E3Potential(EnergyModel):
             layers.append(layer)
             irreps = layer.irreps_out
         self.layers = nn.ModuleList(layers)
-        self.readout = o3.Linear(irreps, o3.Irreps("1x0e"))
+        self.readout = o3.Linear(irreps, o3.Irreps(f"{heads}x0e"))
         if self.readout.weight_numel == 0:
             raise ValueError(f"readout: final irreps {irreps} contain no 0e scalars")
 
@@ -99,11 +106,7 @@ class E3Potential(EnergyModel):
         """Per-atom energies (n_atoms,) in eV, float64: :meth:`embed`, each layer's
         :meth:`~e3pot.nn.interaction.Interaction.propagate`, :meth:`atomic_energies`. Chunked evaluation
         (:mod:`e3pot.model.chunked`) runs the same three steps, the layers chunk by chunk."""
-        sh, radial = self.edge_features(graph.positions, graph.edge_index[0], graph.edge_index[1], graph.edge_shift)
-        h, onehot = self.embed(graph.species)
-        for layer in self.layers:
-            h = layer(h, onehot, sh, radial, graph.edge_index)
-        return self.atomic_energies(h, graph.species)
+        return self.atomic_energies(self.features(graph), graph.species)
 
     @torch.jit.export
     def embed(self, species: Tensor) -> Tuple[Tensor, Tensor]:
@@ -129,8 +132,23 @@ class E3Potential(EnergyModel):
 
     @torch.jit.export
     def atomic_energies(self, h: Tensor, species: Tensor) -> Tensor:
-        """Read-out of the last layer's features (n_atoms, dim) into per-atom energies (n_atoms,), float64."""
-        return self.scale_shift(self.readout(h).squeeze(-1), species)
+        """Read-out of the last layer's features (n_atoms, dim) into per-atom energies (n_atoms,), float64:
+        the mean of the heads."""
+        return self.scale_shift(self.readout(h).mean(-1), species)
+
+    def features(self, graph: AtomicGraph) -> Tensor:
+        """The invariant features the read-out sees (n_atoms, num_features): the last layer's scalars."""
+        sh, radial = self.edge_features(graph.positions, graph.edge_index[0], graph.edge_index[1], graph.edge_shift)
+        h, onehot = self.embed(graph.species)
+        for layer in self.layers:
+            h = layer(h, onehot, sh, radial, graph.edge_index)
+        return h
+
+    def head_energies(self, graph: AtomicGraph) -> Tensor:
+        """Per-atom energies of every head (n_atoms, heads) in eV, float64 (eager use; the shallow ensemble's
+        uncertainty, :mod:`e3pot.model.ensemble`)."""
+        out = self.readout(self.features(graph)) * self.energy_scale
+        return out.to(torch.float64) + self.energy_shift[graph.species].unsqueeze(-1)
 
 
 @compile_mode("script")
@@ -151,11 +169,11 @@ class CartesianPotential(E3Potential):
     def __init__(self, atomic_numbers: List[int], r_max: float = 5.0, num_features: int = 32, num_layers: int = 4,
                  num_basis: int = 8, cutoff_p: int = 6, radial_hidden: int = 64, radial_layers: int = 2,
                  avg_num_neighbors: float = 1.0, energy_shift: Optional[List[float]] = None,
-                 energy_scale: float = 1.0):
+                 energy_scale: float = 1.0, heads: int = 1):
         super().__init__(atomic_numbers, r_max=r_max, l_max=0, num_features=num_features, num_layers=num_layers,
                          num_basis=num_basis, cutoff_p=cutoff_p, radial_hidden=radial_hidden,
                          radial_layers=radial_layers, parity=False, avg_num_neighbors=avg_num_neighbors,
-                         energy_shift=energy_shift, energy_scale=energy_scale)
+                         energy_shift=energy_shift, energy_scale=energy_scale, heads=heads)
 
     def _config(self, **config):
         return {k: v for k, v in config.items() if k not in ("l_max", "parity")}

@@ -12,4 +12,4 @@ def scatter_sum(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
         # ``index_add_`` into a single row, torch 2.13.)
         return src.sum(0, keepdim=True)
     out = torch.zeros((dim_size,) + src.shape[1:], dtype=src.dtype, device=src.device)
-    return out.index_add_(0, index, src)
+    return out.index_add(0, index, src)

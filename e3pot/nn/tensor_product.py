@@ -177,7 +177,7 @@ class EdgeTensorProductScatter(nn.Module):
                 out = torch.bmm(maps[k].reshape(n_edges, n_paths * d3, d1), x_edge)
                 out = out.reshape(n_edges, n_paths, d3, mul) * weights[k].reshape(n_edges, n_paths, 1, mul)
             summed = torch.zeros((n_atoms, n_paths, d3, mul), dtype=out.dtype, device=out.device)
-            sums.append(summed.index_add_(0, receiver, out))
+            sums.append(summed.index_add(0, receiver, out))
         return self.mix(sums, n_atoms)
 
     def mix(self, sums: List[Tensor], n_atoms: int) -> Tensor:
