@@ -1,7 +1,9 @@
-"""ASE calculator: MD, relaxations and cell filters with an e3pot model."""
+"""ASE calculator: MD, relaxations and cell filters with an e3pot model, a committee of models or a shallow
+ensemble (which also give their uncertainty)."""
 from __future__ import annotations
 
-from typing import Optional
+import os
+from typing import List, Optional
 
 import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
@@ -12,8 +14,19 @@ from e3pot.data.graph import collate
 from e3pot.data.neighbors import SpeciesMap, VerletList, atoms_to_graph
 from e3pot.model.chunked import check_budget, warn_if_not_chunkable
 from e3pot.model.compiled import CompiledModel
+from e3pot.model.ensemble import Committee, describe, has_uncertainty
 from e3pot.model.kernels import check_kernels, kernels_of, use_kernels
-from e3pot.model.runtime import check_device, check_finite, load_any, run_model
+from e3pot.model.runtime import check_device, check_finite, load_any, run_model, run_spread
+
+
+class UncertainStructure(RuntimeError):
+    """Raised by :class:`E3PotCalculator` with ``stop_when_uncertain=True`` when the force uncertainty of an atom
+    passes the threshold. ``atoms`` holds the structure with its predictions and uncertainties (as written to the
+    calculator's ``flagged_file``), ``max_forces_std`` (eV/Å) and ``atom`` (its index) say where."""
+
+    def __init__(self, message: str, atoms, max_forces_std: float, atom: int):
+        super().__init__(message)
+        self.atoms, self.max_forces_std, self.atom = atoms, max_forces_std, atom
 
 
 class E3PotCalculator(Calculator):
@@ -21,7 +34,8 @@ class E3PotCalculator(Calculator):
 
     Args:
         model: path (str or ``pathlib.Path``) of a model file (``model.pt``) or TorchScript export,
-            or a loaded model.
+            or a loaded model; or a list of them: a committee (:class:`~e3pot.model.ensemble.Committee`), whose
+            mean is the prediction and whose spread is the uncertainty.
         device: "cpu", "cuda" or "cuda:N"; anything else, or a GPU that torch cannot use, is a ValueError.
         dtype: "float32" or "float64"; default: the dtype the model was trained in.
         memory_budget: GiB that one evaluation may use; a structure that needs more is evaluated in
@@ -44,9 +58,19 @@ class E3PotCalculator(Calculator):
             CUDA kernels installed, else ``torch``). A runtime choice: the model file is the same for both.
             ``cueq`` is refused with ``compile`` and for exports and model kinds without such convolutions
             (``egnn``). ``kernels`` (the attribute) says which backend runs: ``"torch"`` or ``"cueq"``.
+        uncertainty_threshold: eV/Å. When the force uncertainty (``forces_std``) of any atom passes it, the
+            structure is recorded: appended to ``flagged`` (a list of ``ase.Atoms`` with the predictions and
+            uncertainties in ``info``/``arrays``, as ``e3pot predict --uncertainty`` writes them) and to
+            ``flagged_file`` when one is given; with ``stop_when_uncertain=True`` the calculator then raises
+            :class:`UncertainStructure`, which ends an MD run. Needs a committee or a shallow ensemble.
+        flagged_file: extended XYZ file that flagged structures are appended to (never truncated).
+        stop_when_uncertain: raise :class:`UncertainStructure` at the first flagged structure.
 
     Implements ``energy``, ``free_energy``, ``forces``, per-atom ``energies`` and, for periodic
-    cells, ``stress`` (ASE's Voigt order, eV/Å^3). ``neighbor_list_builds`` counts the list builds.
+    cells, ``stress`` (ASE's Voigt order, eV/Å^3). A committee or a shallow ensemble (a model trained with
+    ``model.heads > 1``) also puts its uncertainty in ``results``: ``energy_std`` (eV), ``forces_std`` (per atom,
+    eV/Å) and, with a stress, ``stress_std`` (Voigt order, eV/Å^3), calibrated as :mod:`e3pot.model.ensemble`
+    describes. ``neighbor_list_builds`` counts the list builds.
     On the CPU it applies :func:`e3pot.allocator.tune_allocator` (``E3POT_MALLOC=off`` to opt out).
     """
 
@@ -54,7 +78,8 @@ class E3PotCalculator(Calculator):
 
     def __init__(self, model, device: str = "cpu", dtype: Optional[str] = None,
                  memory_budget: Optional[float] = None, skin: float = 0.0, compile: bool = False,
-                 threads: Optional[int] = None, kernels: str = "auto", **kwargs):
+                 threads: Optional[int] = None, kernels: str = "auto", uncertainty_threshold: Optional[float] = None,
+                 flagged_file: Optional[str] = None, stop_when_uncertain: bool = False, **kwargs):
         super().__init__(**kwargs)
         check_kernels(kernels, compile)
         check_budget(memory_budget)  # memory_budget, and E3POT_MEMORY_BUDGET whether or not it is used
@@ -71,7 +96,26 @@ class E3PotCalculator(Calculator):
             model = use_kernels(model, "torch")
         self.model = use_kernels(load_any(model, device=device, dtype=dtype, compile=compile), kernels)
         self.kernels = kernels_of(self.model) or "torch"
-        warn_if_not_chunkable(self.model.model if isinstance(self.model, CompiledModel) else self.model, memory_budget)
+        first = self.model.members[0] if isinstance(self.model, Committee) else self.model
+        warn_if_not_chunkable(first.model if isinstance(first, CompiledModel) else first, memory_budget)
+        self.uncertain = has_uncertainty(self.model)
+        if uncertainty_threshold is not None:
+            if not self.uncertain:
+                raise ValueError(f"uncertainty_threshold needs a model with an uncertainty, but {describe(self.model)} "
+                                 "has none: give a list of model files (a committee) or a model trained with "
+                                 "model.heads > 1 (a shallow ensemble)")
+            if not uncertainty_threshold > 0:
+                raise ValueError(f"uncertainty_threshold must be a positive force uncertainty in eV/Å, got "
+                                 f"{uncertainty_threshold}")
+        elif stop_when_uncertain or flagged_file:
+            raise ValueError("stop_when_uncertain and flagged_file need an uncertainty_threshold (eV/Å)")
+        if flagged_file is not None and os.path.isdir(flagged_file):
+            raise ValueError(f"flagged_file {flagged_file} is a folder; give an extended XYZ file to append to")
+        self.uncertainty_threshold = uncertainty_threshold
+        self.flagged_file = None if flagged_file is None else os.fspath(flagged_file)
+        self.stop_when_uncertain = stop_when_uncertain
+        self.flagged: List = []
+        self._calls = 0
         self.dtype = self.model.dtype
         self.r_max = float(self.model.r_max)
         self.species = SpeciesMap(self.model.atomic_numbers)
@@ -91,8 +135,14 @@ class E3PotCalculator(Calculator):
         # geometry stays float64: edge vectors are formed in float64 and cast to the model dtype after
         # the subtraction, so that positions far from the origin keep their precision in float32
         graph = graph.to(device=self.device)
-        energy, forces, stress, atomic = run_model(self.model, graph, compute_stress=bool(atoms.pbc.any()),
-                                                   memory_budget=self.memory_budget)
+        self._calls += 1
+        spread = None
+        if self.uncertain:
+            spread = run_spread(self.model, graph, compute_stress=bool(atoms.pbc.any()), memory_budget=self.memory_budget)
+            energy, forces, stress, atomic = spread[:4]
+        else:
+            energy, forces, stress, atomic = run_model(self.model, graph, compute_stress=bool(atoms.pbc.any()),
+                                                       memory_budget=self.memory_budget)
         check_finite(energy, forces, graph.batch, ["atoms"])
         # stress is NaN without periodic boundaries and a cell volume (ASE's convention, vacuum included)
         has_stress = stress is not None and bool(torch.isfinite(stress).all())
@@ -110,3 +160,34 @@ class E3PotCalculator(Calculator):
         }
         if has_stress:
             self.results["stress"] = full_3x3_to_voigt_6_stress(stress.detach()[0].cpu().double().numpy())
+        if spread is not None:
+            self.results["energy_std"] = float(spread.energy_std[0])
+            self.results["forces_std"] = spread.forces_std.cpu().double().numpy()
+            if has_stress and spread.stress_std is not None:
+                self.results["stress_std"] = full_3x3_to_voigt_6_stress(spread.stress_std[0].cpu().double().numpy())
+            if self.uncertainty_threshold is not None:
+                self._watch()
+
+    def _watch(self) -> None:
+        """Record the structure when an atom's force uncertainty passes the threshold; stop if asked to."""
+        from e3pot.predict import with_predictions
+
+        forces_std = self.results["forces_std"]
+        atom = int(forces_std.argmax())
+        worst = float(forces_std[atom])
+        if not worst > self.uncertainty_threshold:
+            return
+        flagged = with_predictions(self.atoms.copy(), self.results)
+        flagged.info.update(e3pot_max_forces_std=worst, e3pot_max_forces_std_atom=atom,
+                            e3pot_uncertainty_threshold=self.uncertainty_threshold, e3pot_call=self._calls)
+        self.flagged.append(flagged)
+        where = ""
+        if self.flagged_file is not None:
+            import ase.io
+
+            ase.io.write(self.flagged_file, flagged, format="extxyz", append=True)
+            where = f"; saved to {self.flagged_file}"
+        if self.stop_when_uncertain:
+            raise UncertainStructure(
+                f"force uncertainty {worst:.3f} eV/Å on atom {atom} ({flagged.get_chemical_symbols()[atom]}) passed "
+                f"the threshold {self.uncertainty_threshold} eV/Å at call {self._calls}{where}", flagged, worst, atom)

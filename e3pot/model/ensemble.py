@@ -109,6 +109,20 @@ def head_spread(model, graph: AtomicGraph, compute_stress: bool = False,
                    atomic.detach().T, calibration)
 
 
+def evaluate_heads(model, graph: AtomicGraph, compute_stress: bool = False, training: bool = False):
+    """The prediction of a shallow ensemble (the heads' mean, as :func:`e3pot.model.forces.evaluate` gives it) and
+    the energies of its heads (n_graphs, heads), for its training loss; ``training=True`` keeps the graph of the
+    derivatives (double backward)."""
+    from e3pot.model.forces import Prediction, apply_strain
+
+    positions, edge_shift, inputs = apply_strain(graph, compute_stress)
+    atomic = model.head_energies(graph._replace(positions=positions, edge_shift=edge_shift))  # (n_atoms, heads)
+    energies = scatter_sum(atomic, graph.batch, graph.cell.shape[0])  # (n_graphs, heads)
+    energy = energies.mean(1)
+    forces, stress = derivatives(energy, inputs, graph.cell, graph.pbc, training)
+    return Prediction(energy, forces, stress, atomic.mean(1)), energies
+
+
 class Committee:
     """K models that predict together: the mean is the prediction, the spread the uncertainty.
 

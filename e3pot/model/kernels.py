@@ -65,7 +65,11 @@ def _convolutions(model: torch.nn.Module):
 
 def kernels_of(model) -> Optional[str]:
     """``"cueq"`` or ``"torch"``: the backend of ``model``'s edge convolutions (compiled and exported models:
-    ``"torch"``); None for a model without one (``egnn``, a model of your own)."""
+    ``"torch"``); None for a model without one (``egnn``, a model of your own). A committee: its first member's."""
+    from e3pot.model.ensemble import Committee
+
+    if isinstance(model, Committee):
+        return kernels_of(model.members[0])
     if isinstance(model, Runtime):
         return "torch"
     convs = _convolutions(model) if isinstance(model, torch.nn.Module) else []
@@ -118,6 +122,13 @@ def use_kernels(model, kernels: str = "auto", inplace: bool = False, method: Opt
     torch kernels: ``torch`` and ``auto`` return them unchanged, ``cueq`` is a ValueError saying why; so is
     ``cueq`` when cuEquivariance is not installed, and an unknown name.
     """
+    from e3pot.model.ensemble import Committee
+
+    if isinstance(model, Committee):  # every member, each by this function
+        members = [use_kernels(m, kernels, inplace=inplace, method=method) for m in model.members]
+        if all(a is b for a, b in zip(members, model.members)):
+            return model
+        return Committee(members, device=str(model.device), calibration=model.calibration, names=model.names)
     backend = resolve(model, kernels)
     if backend == "cueq":
         _refuse_cueq(model)

@@ -30,6 +30,7 @@ from e3pot.model.base import Runtime
 from e3pot.model.chunked import (MemoryBudgetError, budget_from_env, chunked_evaluate, out_of_memory_message, plan,
                                  warn_if_not_chunkable)
 from e3pot.model.compiled import CompiledModel, compile_model
+from e3pot.model.ensemble import Committee, Spread, spread
 from e3pot.model.export import ExportedModel, is_torchscript
 from e3pot.model.forces import Prediction
 from e3pot.model.io import dtype_from_name, load_model
@@ -73,16 +74,28 @@ def check_device(device: Union[str, torch.device]) -> torch.device:
     return dev
 
 
-def load_any(model: Union[str, os.PathLike, torch.nn.Module, ExportedModel], device: str = "cpu",
+def load_any(model: Union[str, os.PathLike, torch.nn.Module, ExportedModel, Sequence], device: str = "cpu",
              dtype: Optional[str] = None, compile: bool = False):
     """A model file, a TorchScript export, an AOTInductor package (.pt2), or an already loaded model, on
     ``device`` in ``dtype``;
-    with ``compile=True``, wrapped for the compiled path (:mod:`e3pot.model.compiled`).
+    with ``compile=True``, wrapped for the compiled path (:mod:`e3pot.model.compiled`). A list or tuple of
+    models is a :class:`~e3pot.model.ensemble.Committee` of them (one model in a list is that model).
 
     Raises ValueError for a device that torch does not know or cannot use, and for an
     ``E3POT_MEMORY_BUDGET`` that is not a positive number of GiB."""
     check_device(device)
     budget_from_env()  # a bad value is reported before a model is loaded, not at the first large structure
+    if isinstance(model, (list, tuple)):
+        if len(model) == 0:
+            raise ValueError("no model given (an empty list)")
+        if len(model) == 1:
+            return load_any(model[0], device=device, dtype=dtype, compile=compile)
+        return Committee(model, device=device, dtype=dtype, compile=compile)
+    if isinstance(model, Committee):
+        if model.device != torch.device(device) or (dtype is not None and dtype_from_name(dtype) != model.dtype):
+            raise ValueError(f"this committee runs on {model.device} in {model.dtype}; make it again for {device} "
+                             f"{dtype or ''}".rstrip())
+        return model
     if isinstance(model, CompiledModel):
         if torch.device(device).type != model.device.type or (dtype is not None and dtype_from_name(dtype) != model.dtype):
             raise ValueError(f"this compiled model runs on {model.device} in {model.dtype}; compile the model "
@@ -118,7 +131,7 @@ def load_any(model: Union[str, os.PathLike, torch.nn.Module, ExportedModel], dev
 
 
 def model_device(model) -> torch.device:
-    if isinstance(model, Runtime):
+    if isinstance(model, (Runtime, Committee)):
         return model.device
     return next(model.parameters()).device
 
@@ -179,6 +192,10 @@ def evaluate(model, graph: AtomicGraph, compute_stress: bool = False, training: 
     :mod:`e3pot.model.chunked`). A ``memory_budget`` or ``E3POT_MEMORY_BUDGET`` that is not a positive number
     of GiB is a ValueError, whatever the size of the graph.
     """
+    if isinstance(model, Committee):
+        if training:
+            raise ValueError("training needs one eager model, not a committee")
+        return Prediction(*model.spread(graph, compute_stress, memory_budget)[:4])
     path = choose_path(model, graph, compute_stress, memory_budget, training)
     return Prediction(*_run(model, graph, compute_stress, training, path))
 
@@ -192,10 +209,23 @@ def run_model(model, graph, compute_stress: bool, memory_budget: Optional[float]
     when ``memory_budget`` or ``E3POT_MEMORY_BUDGET`` is not a positive number of GiB. A budget given to a
     model kind that is never chunked (``egnn``) is ignored, with a warning the first time.
     """
+    if isinstance(model, Committee):  # each member runs here, by its own path
+        return tuple(model.spread(graph, compute_stress, memory_budget)[:4])
     try:
         path = choose_path(model, graph, compute_stress, memory_budget)
         warn_if_not_chunkable(model, memory_budget, once=True)
         return tuple(_run(model, graph, compute_stress, False, path))
+    except (torch.OutOfMemoryError, RuntimeError) as exc:
+        if not isinstance(exc, torch.OutOfMemoryError) and "allocate memory" not in str(exc):
+            raise
+        raise MemoryBudgetError(out_of_memory_message(model, graph, memory_budget)) from exc
+
+
+def run_spread(model, graph: AtomicGraph, compute_stress: bool, memory_budget: Optional[float] = None) -> Spread:
+    """The mean prediction and its spread (:class:`~e3pot.model.ensemble.Spread`) from a committee or a shallow
+    ensemble, for calculator, predict and select alike; ValueError for a model without uncertainty."""
+    try:
+        return spread(model, graph, compute_stress, memory_budget)
     except (torch.OutOfMemoryError, RuntimeError) as exc:
         if not isinstance(exc, torch.OutOfMemoryError) and "allocate memory" not in str(exc):
             raise

@@ -90,7 +90,7 @@ def _format_metrics(metrics: dict) -> str:
 # of every kind (a checkpoint's hyperparameters hold those of its kind, defaults filled in).
 ARCHITECTURE = ("kind", *kinds.SETTINGS, "dtype", "e0s")
 DATA = ("train_file", "val_file", "val_fraction", "n_val", "n_train", "split_seed", "elements", "energy_key",
-        "forces_key", "stress_key", "energy_unit", "length_unit", "stress_unit")
+        "forces_key", "stress_key", "energy_unit", "length_unit", "stress_unit", "bootstrap")
 
 
 def read_checkpoint(path: str) -> dict:
@@ -169,6 +169,27 @@ def check_finite_weights(model) -> None:
            if t.is_floating_point() and not bool(t.isfinite().all())]
     if bad:
         raise TrainingError(f"the trained weights are not finite ({', '.join(bad[:5])}); no model file written")
+
+
+def calibrate(model, data):
+    """The calibration of a shallow ensemble's spreads on the validation frames (:func:`fit_calibration`)."""
+    import torch
+
+    from e3pot.data.dataset import collate_batch
+    from e3pot.model.ensemble import fit_calibration
+
+    model = model.eval()
+    device = next(model.parameters()).device
+    val = data.val_set
+    size = data.val_batch_size
+
+    def batches():
+        for start in range(0, len(val), size):
+            graph, labels, _ = collate_batch([val[k] for k in range(start, min(start + size, len(val)))])
+            yield graph.to(device=device), labels.to(device=device)
+
+    with torch.enable_grad():
+        return fit_calibration(model, batches())
 
 
 class _NoAdvertisements(logging.Filter):
@@ -264,14 +285,19 @@ def main(args: Optional[List[str]] = None, prog: Optional[str] = None) -> str:
     check_finite_weights(module.ema)
     if not trainer.is_global_zero:  # under DDP every rank ends here with the same weights; one writes
         return output
-    save_model(module.ema, output, metadata={
-        "validation": {k: float(v) for k, v in metrics.items()},
-        "checkpoint": best,
-        "train_file": data.train_file,
-    })
+    metadata = {"validation": {k: float(v) for k, v in metrics.items()}, "checkpoint": best,
+                "train_file": data.train_file}
+    calibration = None
+    if module.ema.num_heads > 1:
+        calibration = calibrate(module.ema, data)
+        metadata["uncertainty"] = calibration.metadata(fitted_on=f"{len(data.val_set)} validation frames")
+    save_model(module.ema, output, metadata=metadata)
     print(f"\nSaved model: {os.path.abspath(output)}")
     print("Validation metrics (EMA weights" + (f", best checkpoint {os.path.basename(best)}" if best else "") + "):")
     print(_format_metrics(metrics))
+    if calibration is not None:
+        print(f"Uncertainty of the {module.ema.num_heads} heads, calibrated on the validation frames: spreads x "
+              f"{calibration.energy:.3g} (energy), x {calibration.forces:.3g} (forces)")
     if module.skipped:
         print(f"\nSkipped {len(module.skipped)} frames in batches with a non-finite loss: {'; '.join(module.skipped[:20])}"
               + (" ..." if len(module.skipped) > 20 else ""))

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import List, Optional
+import os
+from typing import List, Optional, Union
 
 import numpy as np
 import pytorch_lightning as pl
@@ -42,6 +43,10 @@ class E3PotDataModule(pl.LightningDataModule):
             (positions, forces, cell and stress; :mod:`e3pot.data.augment`), to teach the symmetry to a
             model that does not have it built in (``model.kind: cartesian``). Validation frames stay as
             they are.
+        bootstrap: train on a bootstrap draw of the training frames (as many frames as there are, drawn with
+            replacement, after the split and ``n_train``): members of a committee trained on different draws
+            differ more, as their data differ. ``true`` seeds the draw with the run's seed (``seed_everything``),
+            so that members with different seeds get different draws; an integer seeds it itself.
     """
 
     def __init__(self, train_file: str, val_file: Optional[str] = None, val_fraction: float = 0.1,
@@ -50,7 +55,8 @@ class E3PotDataModule(pl.LightningDataModule):
                  energy_key: Optional[str] = None, forces_key: Optional[str] = None,
                  stress_key: Optional[str] = None, energy_unit: str = "eV", length_unit: str = "Å",
                  stress_unit: Optional[str] = None, batch_size: int = 8, val_batch_size: Optional[int] = None,
-                 num_workers: int = 0, shuffle: bool = True, augment: bool = False):
+                 num_workers: int = 0, shuffle: bool = True, augment: bool = False,
+                 bootstrap: Union[bool, int] = False):
         super().__init__()
         self.save_hyperparameters()  # stored in checkpoints, so that a resumed run can be compared
         if val_file is None and n_val is None and not 0.0 < val_fraction < 1.0:
@@ -71,6 +77,9 @@ class E3PotDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.shuffle = shuffle
         self.augment = augment
+        if not isinstance(bootstrap, bool) and (not isinstance(bootstrap, int) or bootstrap < 0):
+            raise ValueError(f"data.bootstrap must be true, false or a seed (an integer >= 0), got {bootstrap!r}")
+        self.bootstrap = bootstrap
         self.train_set = None  # GraphDataset, or StoreDataset for a store made by `e3pot preprocess`
         self.val_set = None
         self.atomic_numbers: List[int] = []
@@ -127,6 +136,14 @@ class E3PotDataModule(pl.LightningDataModule):
         order = np.random.default_rng(self.split_seed).permutation(n)
         return self._take(train, order[n_val:]), self._take(train, order[:n_val])
 
+    def bootstrap_draw(self, n: int) -> np.ndarray:
+        """The frames (indices into the ``n`` training frames) of the bootstrap draw, sorted."""
+        if self.bootstrap is True:
+            seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))  # set by seed_everything
+        else:
+            seed = int(self.bootstrap)
+        return np.sort(np.random.default_rng([seed, 2]).integers(0, n, n))
+
     @staticmethod
     def _elements(side) -> set:
         if side[0] == "frames":
@@ -154,6 +171,8 @@ class E3PotDataModule(pl.LightningDataModule):
                 raise DataError(f"{self.train_file}: n_train={self.n_train} but only {self._size(train)} training "
                                 f"frames remain after the split")
             train = self._take(train, np.arange(self.n_train))
+        if self.bootstrap is not False:
+            train = self._take(train, self.bootstrap_draw(self._size(train)))
         in_train, in_val = self._elements(train), self._elements(val)
         if self.elements:
             unknown = [s for s in self.elements if s not in _symbol_to_z]

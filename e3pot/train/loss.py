@@ -28,6 +28,18 @@ def weighted_loss(pred: Prediction, labels: Labels, energy_weight: float, forces
     return parts
 
 
+NLL_FLOOR = 1e-8  # (eV/atom)^2 added to the heads' variance: a floor of 0.1 meV/atom on the spread
+
+
+def gaussian_nll(head_energies: Tensor, labels: Labels) -> Tensor:
+    """Gaussian negative log-likelihood (without its constant) of the energies per atom under the heads of a
+    shallow ensemble: mean and variance over the heads (n_graphs, heads), per atom; averaged over structures."""
+    n_atoms = labels.n_atoms.to(head_energies.dtype)
+    mean = head_energies.mean(1) / n_atoms
+    var = head_energies.var(1, unbiased=False) / n_atoms.pow(2) + NLL_FLOOR
+    return 0.5 * (torch.log(var) + (mean - labels.energy / n_atoms).pow(2) / var).mean()
+
+
 class ErrorMetrics:
     """Accumulates absolute and squared errors on the device (no syncs until :meth:`compute`)."""
 

@@ -17,7 +17,8 @@ from e3pot.model.io import dtype_from_name
 from e3pot.model import kinds
 from e3pot.model.base import EnergyModel
 from e3pot.train import stats
-from e3pot.train.loss import ErrorMetrics, weighted_loss
+from e3pot.model.ensemble import evaluate_heads
+from e3pot.train.loss import ErrorMetrics, gaussian_nll, weighted_loss
 
 
 class TrainingError(RuntimeError):
@@ -32,12 +33,16 @@ def check_hyperparameters(hp: dict) -> None:
              ("lr", lambda v: v > 0, "be positive"), ("ema_decay", lambda v: 0 <= v < 1, "be in [0, 1)"),
              ("refit_frames", lambda v: v >= 1, "be at least 1")]
     rules += [(name, lambda v: v >= 1, "be at least 1") for name in
-              ("num_features", "num_layers", "num_basis", "radial_hidden")]
+              ("num_features", "num_layers", "num_basis", "radial_hidden", "heads")]
     rules += [(name, lambda v: v >= 0, "be 0 or positive") for name in
               ("radial_layers", "energy_weight", "forces_weight", "stress_weight")]
     for name, ok, what in rules:
         if name in hp and not ok(hp[name]):
             raise ValueError(f"model.{name} must {what}, got {hp[name]}")
+    if hp.get("heads", 1) > 1 and hp.get("compile"):
+        raise ValueError("model.compile does not train shallow ensembles (model.heads > 1) yet; leave one of them out")
+    if hp.get("heads", 1) > 1 and not hp.get("nll_weight", 0) >= 0:
+        raise ValueError(f"model.nll_weight must be 0 or positive, got {hp['nll_weight']}")
     if hp["energy_weight"] == 0 and hp["forces_weight"] == 0 and hp["stress_weight"] == 0:
         raise ValueError("model.energy_weight, model.forces_weight and model.stress_weight are all 0: "
                          "the loss would be empty; give at least one a positive weight")
@@ -68,6 +73,10 @@ class E3PotModule(pl.LightningModule):
         radial_layers: number of hidden layers of the radial MLPs. <radial_layers>
         parity: features of both parities for every l; false: of parity (-1)^l only. <parity>
         update_positions: let the layers update the coordinates. <update_positions>
+        heads: read-out heads on shared features; more than 1 makes a shallow ensemble, whose spread is its
+            uncertainty (:mod:`e3pot.model.ensemble`), trained with a Gaussian negative log-likelihood of the
+            energies per atom (``nll_weight``) besides the usual terms on the heads' mean. <heads>
+        nll_weight: weight of that negative log-likelihood (heads > 1 only).
         e0s: per-species energy shift: "fit" (least squares on the training energies), a
             {symbol: eV} table, or the path of a file of isolated-atom structures.
         dtype: float32 or float64 for weights and inputs.
@@ -93,7 +102,7 @@ class E3PotModule(pl.LightningModule):
                  l_max: Optional[int] = None, num_features: Optional[int] = None, num_layers: Optional[int] = None,
                  num_basis: Optional[int] = None, cutoff_p: Optional[int] = None, radial_hidden: Optional[int] = None,
                  radial_layers: Optional[int] = None, parity: Optional[bool] = None,
-                 update_positions: Optional[bool] = None,
+                 update_positions: Optional[bool] = None, heads: Optional[int] = None, nll_weight: float = 1.0,
                  e0s: Union[Literal["fit"], Dict[str, float], str] = "fit",
                  dtype: Literal["float32", "float64"] = "float32", energy_weight: float = 1.0,
                  forces_weight: float = 10.0, stress_weight: float = 0.0, lr: float = 0.005,
@@ -180,6 +189,11 @@ class E3PotModule(pl.LightningModule):
 
                 self._compiled_loss = CompiledTrainingLoss(model, self._loss, self.use_stress)
             parts, pred = self._compiled_loss(graph, labels)
+        elif model.num_heads > 1:  # a shallow ensemble: the heads' energies for their likelihood
+            pred, head_energies = evaluate_heads(model, graph, compute_stress=self.use_stress, training=training)
+            parts = self._loss(pred, labels)
+            parts["nll"] = gaussian_nll(head_energies, labels)
+            parts["loss"] = parts["loss"] + self.hparams.nll_weight * parts["nll"]
         else:
             # training: the direct path (its double backward); validation: whichever path fits in memory
             pred = evaluate(model, graph, compute_stress=self.use_stress, training=training)

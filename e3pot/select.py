@@ -1,0 +1,173 @@
+"""Which structures to label next: the most uncertain of a pool, kept apart from each other.
+
+The pool (an MD trajectory, a file of candidates) is scored by a committee or a shallow ensemble
+(:mod:`e3pot.model.ensemble`). The score of a structure is the largest force uncertainty of its atoms
+(``forces_std``, eV/Å; ``score="energy"``: the energy uncertainty per atom, eV/atom).
+
+Diversity: the ``candidates`` most uncertain structures (default ``4 n``) form the shortlist, with
+structures whose features equal those of a more uncertain one (exact copies) left out. From it the picks are
+made by farthest-point sampling in the model's invariant per-structure features (the mean over atoms of the
+features its read-out sees), starting from the most uncertain structure: each next pick is the shortlisted
+structure farthest from every earlier pick, so that near-copies (consecutive MD frames) are not picked twice
+while a distinct, less uncertain structure is left. Each pick gets the reason in ``info``.
+"""
+from __future__ import annotations
+
+from typing import Iterable, List, NamedTuple, Optional, Sequence
+
+import numpy as np
+import torch
+
+from e3pot.data.graph import collate
+from e3pot.data.neighbors import SpeciesMap, atoms_to_graph
+from e3pot.model.ensemble import Committee, describe, has_uncertainty
+from e3pot.model.runtime import load_any, run_spread
+
+SCORES = {"forces": ("largest force uncertainty", "eV/Å"), "energy": ("energy uncertainty per atom", "eV/atom")}
+
+
+class Scored(NamedTuple):
+    score: np.ndarray  # (n_pool,) the uncertainty that ranks the structures
+    features: np.ndarray  # (n_pool, n_features) invariant per-structure features
+
+
+def feature_model(model):
+    """The eager model whose read-out features describe a structure: the model, or a committee's first eager
+    member; ValueError when there is none (exports only)."""
+    from e3pot.model.base import EnergyModel
+
+    members = model.members if isinstance(model, Committee) else [model]
+    for member in members:
+        if isinstance(member, EnergyModel) and hasattr(member, "readout"):
+            return member
+    raise ValueError("select needs the features of a model file: give at least one model file (model.pt), not only "
+                     "exported models")
+
+
+def structure_features(model, graph) -> torch.Tensor:
+    """The mean over each structure's atoms of the features its read-out sees (n_graphs, n_features)."""
+    seen: List[torch.Tensor] = []
+    hook = model.readout.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    try:
+        with torch.no_grad():
+            model(graph)
+    finally:
+        hook.remove()
+    h = seen[-1].double()
+    n_graphs = graph.cell.shape[0]
+    sums = torch.zeros((n_graphs, h.shape[1]), dtype=h.dtype, device=h.device).index_add(0, graph.batch, h)
+    counts = torch.bincount(graph.batch, minlength=n_graphs).clamp(min=1).to(h.dtype)
+    return sums / counts[:, None]
+
+
+def score_pool(model, pool: Sequence, score: str = "forces", batch_size: int = 16,
+               memory_budget: Optional[float] = None, progress: bool = False) -> Scored:
+    """The uncertainty (``score``: see :data:`SCORES`) and the features of every structure of ``pool``."""
+    from tqdm.auto import tqdm
+
+    species = SpeciesMap(model.atomic_numbers)
+    features_of = feature_model(model)
+    device = next(features_of.parameters()).device
+    scores, feats = [], []
+    with tqdm(total=len(pool), unit="structure", desc="scoring", disable=not progress) as bar:
+        for start in range(0, len(pool), batch_size):
+            part = pool[start:start + batch_size]
+            graph = collate([atoms_to_graph(a, species, model.r_max, source=f"structure {start + k}")
+                             for k, a in enumerate(part)]).to(device=device)
+            s = run_spread(model, graph, compute_stress=False, memory_budget=memory_budget)
+            if score == "forces":
+                per = torch.zeros(len(part), dtype=torch.float64).scatter_reduce(
+                    0, graph.batch.cpu(), s.forces_std.double().cpu(), "amax", include_self=False)
+            else:
+                n_atoms = torch.bincount(graph.batch, minlength=len(part)).double().cpu()
+                per = s.energy_std.double().cpu() / n_atoms
+            scores.append(per.numpy())
+            feats.append(structure_features(features_of, graph.to(dtype=features_of.dtype)).cpu().numpy())
+            bar.update(len(part))
+    return Scored(np.concatenate(scores), np.concatenate(feats))
+
+
+class Pick(NamedTuple):
+    index: int  # in the pool
+    rank: int  # 1 = the most uncertain of the pool
+    distance: float  # feature distance to the nearest earlier pick (inf for the first)
+
+
+def farthest_point_picks(score: np.ndarray, features: np.ndarray, n: int, candidates: Optional[int] = None) -> List[Pick]:
+    """``n`` structures: the shortlist of the ``candidates`` (default ``4 n``) most uncertain, exact feature copies
+    of a more uncertain one left out, then farthest-point sampling from the most uncertain (see the module's notes).
+    ValueError when the pool has fewer than ``n`` distinct structures."""
+    n_pool = len(score)
+    order = np.argsort(-score, kind="stable")
+    rank = np.empty(n_pool, dtype=int)
+    rank[order] = np.arange(1, n_pool + 1)
+    scale = float(np.abs(features).max()) if features.size else 1.0
+    distinct: List[int] = []
+    for i in order:  # most uncertain first; a copy of a structure already kept is left out
+        if not _has_copy(features, distinct, i, scale):
+            distinct.append(int(i))
+    if len(distinct) < n:
+        raise ValueError(f"asked for {n} structures, but the pool has {len(distinct)} distinct ones "
+                         f"({n_pool} in all, the others copies); ask for at most {len(distinct)}")
+    size = max(n, 4 * n if candidates is None else candidates)
+    short = np.array(distinct[:size])
+    feats = features[short]
+    picked = [0]
+    nearest = np.linalg.norm(feats - feats[0], axis=1)
+    picks = [Pick(int(short[0]), int(rank[short[0]]), float("inf"))]
+    while len(picks) < n:
+        k = int(np.argmax(nearest))
+        picks.append(Pick(int(short[k]), int(rank[short[k]]), float(nearest[k])))
+        picked.append(k)
+        nearest = np.minimum(nearest, np.linalg.norm(feats - feats[k], axis=1))
+    return picks
+
+
+def _has_copy(features: np.ndarray, kept: List[int], i: int, scale: float) -> bool:
+    if not kept:
+        return False
+    d = np.linalg.norm(features[kept] - features[i], axis=1)
+    return bool((d <= 1e-9 * max(scale, 1e-300)).any())
+
+
+def select_frames(models, pool: Iterable, n: int, candidates: Optional[int] = None, score: str = "forces",
+                  batch_size: int = 16, device: str = "cpu", memory_budget: Optional[float] = None,
+                  progress: bool = False) -> List:
+    """Pick ``n`` structures of ``pool`` (``ase.Atoms``) to label next, as the module's notes describe.
+
+    ``models``: a committee (a list of model files, exports or modules; at least one a model file) or a shallow
+    ensemble (one model trained with ``model.heads > 1``). Returns copies of the picked structures, in the order
+    picked (the first is the most uncertain), without their calculators, with in ``info``:
+    ``e3pot_select_reason`` (text), ``e3pot_select_score`` (the uncertainty), ``e3pot_select_rank`` (1: most
+    uncertain of the pool), ``e3pot_select_pool_index`` and ``e3pot_select_distance`` (feature distance to the
+    nearest earlier pick). ValueError when ``n`` is not between 1 and the number of distinct structures of the pool.
+    """
+    if score not in SCORES:
+        raise ValueError(f"unknown score {score!r}; use one of {', '.join(SCORES)}")
+    pool = list(pool)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"the number of structures to pick must be a positive integer, got {n!r}")
+    if n > len(pool):
+        raise ValueError(f"asked for {n} structures, but the pool holds only {len(pool)}; ask for at most {len(pool)}")
+    if candidates is not None and candidates < n:
+        raise ValueError(f"candidates ({candidates}) must be at least the number of picks ({n})")
+    model = load_any(list(models) if isinstance(models, (list, tuple)) else models, device=device)
+    if not has_uncertainty(model):
+        raise ValueError(f"selection needs an uncertainty, but {describe(model)} has none: give several model files "
+                         "(a committee) or a model trained with model.heads > 1 (a shallow ensemble)")
+    scored = score_pool(model, pool, score, batch_size, memory_budget, progress)
+    picks = farthest_point_picks(scored.score, scored.features, int(n), candidates)
+    what, unit = SCORES[score]
+    out = []
+    for k, pick in enumerate(picks, start=1):
+        atoms = pool[pick.index].copy()
+        atoms.calc = None
+        value = float(scored.score[pick.index])
+        spacing = "the first pick" if k == 1 else f"feature distance {pick.distance:.3g} to the nearest earlier pick"
+        atoms.info.update(
+            e3pot_select_reason=f"pick {k} of {n}: {what} {value:.4g} {unit}, rank {pick.rank} of {len(pool)} in the "
+                                f"pool; {spacing}",
+            e3pot_select_score=value, e3pot_select_rank=pick.rank, e3pot_select_pool_index=pick.index,
+            e3pot_select_distance=pick.distance if np.isfinite(pick.distance) else -1.0)
+        out.append(atoms)
+    return out
