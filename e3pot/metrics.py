@@ -208,21 +208,30 @@ def _as_item(item) -> tuple:
 
 
 def iter_scored(model, items: Iterable, errors: Errors, batch_size: int = 32,
-                memory_budget: Optional[float] = None) -> Iterator[Tuple[str, object, dict]]:
+                memory_budget: Optional[float] = None, uncertainty=None) -> Iterator[Tuple[str, object, dict]]:
     """Predict every structure of ``items`` and add its errors to ``errors``; yield ``(name, atoms,
     prediction)`` in order, as each batch is done.
 
     ``items``: ``(name, atoms, frame)`` triples (:func:`e3pot.data.io.iter_labelled`; the labels are
     ``frame``'s) or :class:`~e3pot.data.io.Frame` objects, consumed lazily. ``model``, ``batch_size``
-    and ``memory_budget`` are those of :func:`e3pot.predict.iter_predictions`.
+    and ``memory_budget`` are those of :func:`e3pot.predict.iter_predictions`. ``uncertainty``: an
+    :class:`e3pot.calibration.UncertaintyErrors` that collects the predicted spreads against the errors (the
+    model must then be a committee or a shallow ensemble).
     """
     from e3pot.predict import iter_predictions
 
     mine, theirs = itertools.tee(_as_item(item) for item in items)  # holds at most one batch
     named = ((name, atoms) for name, atoms, _ in theirs)
     for (name, atoms, frame), pred in zip(mine, iter_predictions(model, named, batch_size=batch_size, named=True,
-                                                                  memory_budget=memory_budget)):
+                                                                  memory_budget=memory_budget,
+                                                                  uncertainty=uncertainty is not None)):
         errors.add(pred, frame.energy, frame.forces, len(atoms), group_of(atoms, errors.group_by), name)
+        if uncertainty is not None and not nonfinite_labels(frame.energy, frame.forces):
+            has_e, has_f = frame.energy is not None, frame.forces is not None
+            if has_e or has_f:
+                uncertainty.add(pred["energy"] - frame.energy if has_e else None, pred["energy_std"] if has_e else None,
+                                len(atoms), pred["forces"] - np.asarray(frame.forces) if has_f else None,
+                                pred["forces_std"] if has_f else None)
         yield name, atoms, pred
 
 

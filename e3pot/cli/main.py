@@ -1,4 +1,4 @@
-"""The ``e3pot`` command: ``e3pot train|predict|preprocess|export|export-checkpoint|audit|lammps ...`` (also ``python -m e3pot``)."""
+"""The ``e3pot`` command: ``e3pot train|predict|select|preprocess|export|export-checkpoint|audit|lammps ...`` (also ``python -m e3pot``)."""
 from __future__ import annotations
 
 import sys
@@ -8,7 +8,8 @@ USAGE = """usage: e3pot COMMAND [ARGS]
 
 commands:
   train     train a potential (same as: python train.py --config configs/X.yaml)
-  predict   energies and forces for structures in ASE-readable files
+  predict   energies and forces for structures in ASE-readable files (--uncertainty: and their spread)
+  select    pick the structures to label next: the most uncertain, kept apart
   preprocess  structures and labels into an on-disk store for training on large datasets
   export    write a TorchScript model for deployment
   export-checkpoint  write a model file from a training checkpoint (last.ckpt, best-*.ckpt)
@@ -32,6 +33,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from e3pot.cli.predict import main as predict_main
 
         return predict_main(rest)
+    if command == "select":
+        from e3pot.cli.select import main as select_main
+
+        return select_main(rest)
     if command == "preprocess":
         from e3pot.cli.preprocess import main as preprocess_main
 

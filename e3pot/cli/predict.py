@@ -7,6 +7,11 @@ XYZ (``.extxyz``/``.xyz``) with the predictions under ``e3pot_*`` keys: ``e3pot_
 ``e3pot_forces`` (eV/Å, per atom), ``e3pot_energies`` (eV, per atom) and ``e3pot_stress`` (eV/Å^3,
 Voigt order xx yy zz yz xz xy, periodic structures only).
 
+With ``--uncertainty`` (MODEL a committee, ``a.pt,b.pt,c.pt``, or a shallow ensemble trained with
+``model.heads > 1``) the predicted spreads go into the output too: ``e3pot_energy_std`` (eV),
+``e3pot_forces_std`` (per atom, eV/Å) and ``e3pot_stress_std``; with reference labels, ``--plot`` then
+draws the calibration (observed error against predicted spread) and ``--metrics-json`` adds its numbers.
+
 Reference labels in the inputs (an energy, forces) give error tables (see :mod:`e3pot.metrics`),
 per ``config_type`` too when the structures have one in ``atoms.info``; ``--plot`` draws them as a
 parity plot (PNG) and ``--metrics-json`` writes them as JSON (meV, meV/atom, meV/Å). Structures
@@ -41,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     from e3pot.files import OVERWRITE_HELP
 
     p = argparse.ArgumentParser(prog="e3pot predict", description=__doc__.split("\n\n")[0], epilog=EPILOG)
-    p.add_argument("model", help="model file (model.pt) or TorchScript export")
+    p.add_argument("model", help="model file (model.pt) or export; or a committee of them, comma-separated "
+                                 "(a.pt,b.pt,c.pt): their mean is the prediction, their spread the uncertainty")
     p.add_argument("inputs", nargs="+", help="ASE-readable structure files (extxyz, xyz, traj, db, ...) or "
                                              "rMD17-style npz (coords, nuclear_charges, energies, forces)")
     p.add_argument("-o", "--output", required=True,
@@ -49,7 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", help="also write per-structure energies (and config_type) to this CSV file")
     p.add_argument("--plot", metavar="PNG",
                    help="write a parity plot (predicted against reference energy per atom and force components, "
-                        "coloured by config_type) to this PNG file; needs reference labels and matplotlib")
+                        "coloured by config_type) to this PNG file; with --uncertainty, the calibration plot "
+                        "(observed error against predicted std, binned, with the ideal line); needs reference labels "
+                        "and matplotlib")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also write the predicted spreads (e3pot_energy_std, e3pot_forces_std per atom, "
+                        "e3pot_stress_std; CSV: energy_std_eV, max_forces_std_eV_A) of a committee (MODEL: "
+                        "a.pt,b.pt,...) or a shallow ensemble; with reference labels, the calibration in the report, "
+                        "--plot and --metrics-json (Spearman rank correlation, miscalibration area)")
     p.add_argument("--metrics-json", metavar="PATH",
                    help="write the error metrics (overall and per config_type) to this JSON file; "
                         "needs reference labels")
@@ -83,6 +96,14 @@ def _parser() -> argparse.ArgumentParser:
                         "auto (default: cueq on a GPU with cuEquivariance's CUDA kernels installed, else torch)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
+
+
+def model_paths(model: str) -> List[str]:
+    """The model files of MODEL: one path, or a committee's paths separated by commas."""
+    paths = [part for part in model.split(",") if part] if "," in model and not os.path.exists(model) else [model]
+    if not paths:
+        raise ValueError(f"no model file in {model!r}")
+    return paths
 
 
 def _outputs(args) -> List[Tuple[str, str]]:
@@ -122,7 +143,8 @@ def check_args(args):
     outputs = _outputs(args)
     for option, path in outputs:
         others = [(o, p) for o, p in outputs if o != option]
-        check_output(path, option, inputs=[args.model, *args.inputs], overwrite=args.overwrite, others=others)
+        check_output(path, option, inputs=[*model_paths(args.model), *args.inputs], overwrite=args.overwrite,
+                     others=others)
     for path in args.inputs:
         if not os.path.exists(path):
             raise DataError(f"{path}: no such file")
@@ -171,9 +193,17 @@ def run(args) -> int:
     from e3pot.predict import PredictionWriter
 
     fmt, labels = check_args(args)
+    paths = model_paths(args.model)
+    if len(paths) > 1 and args.compile:
+        raise ValueError("--compile runs one model file, not a committee")
     _check_inputs(args, labels)
     total = None if args.no_progress else count_frames(args.inputs)
     errors, n = Errors(args.group_by), 0
+    uncertainty = None
+    if args.uncertainty:
+        from e3pot.calibration import UncertaintyErrors
+
+        uncertainty = UncertaintyErrors()
     # Every output goes to a temporary file of its own; all of them replace their targets only
     # after the last one is complete, and a failure anywhere removes the temporary files alone.
     with contextlib.ExitStack() as stack:
@@ -181,37 +211,56 @@ def run(args) -> int:
         out = stack.enter_context(PredictionWriter(tmp["-o"], fmt))
         rows = csv.writer(stack.enter_context(open(tmp["--csv"], "w", newline=""))) if args.csv else None
         if rows:
-            rows.writerow(["index", "source", "n_atoms", "energy_eV", "energy_per_atom_eV", args.group_by])
-        model = use_kernels(load_any(args.model, device=args.device, dtype=args.dtype, compile=args.compile),
-                            args.kernels)
+            rows.writerow(["index", "source", "n_atoms", "energy_eV", "energy_per_atom_eV", args.group_by]
+                          + (["energy_std_eV", "max_forces_std_eV_A"] if args.uncertainty else []))
+        model = use_kernels(load_any(paths if len(paths) > 1 else paths[0], device=args.device, dtype=args.dtype,
+                                     compile=args.compile), args.kernels)
+        if args.uncertainty:
+            from e3pot.model.ensemble import describe, has_uncertainty
+
+            if not has_uncertainty(model):
+                raise ValueError(f"--uncertainty needs a committee (MODEL: a.pt,b.pt,c.pt) or a shallow ensemble (a "
+                                 f"model trained with model.heads > 1); {args.model} is {describe(model)[5:]}, which "
+                                 "has no uncertainty")
         bar = stack.enter_context(tqdm(total=total, unit="structure", disable=args.no_progress, desc="predicting"))
         for name, atoms, pred in iter_scored(model, _items(args.inputs, labels), errors, args.batch_size,
-                                             args.memory_budget):
+                                             args.memory_budget, uncertainty):
             out.write(atoms, pred)
             if rows:
                 rows.writerow([n, name, len(atoms), f"{pred['energy']:.10f}", f"{pred['energy'] / len(atoms):.10f}",
-                               group_of(atoms, args.group_by) or ""])
+                               group_of(atoms, args.group_by) or ""]
+                              + ([f"{pred['energy_std']:.10f}", f"{float(pred['forces_std'].max()):.10f}"]
+                                 if args.uncertainty else []))
             n += 1
             bar.update(1)
-        report = _report(args, errors, tmp)
+        report = _report(args, errors, tmp, uncertainty)
     print(f"wrote {n} structures to {args.output}" + (f" and {args.csv}" if args.csv else ""))
     if report:
         print(report)
     return 0
 
 
-def _report(args, errors, tmp: Dict[str, str]) -> str:
-    """The error tables, as text; the metrics JSON and the parity plot, written to their temporary
-    files ``tmp[option]``."""
+def _report(args, errors, tmp: Dict[str, str], uncertainty=None) -> str:
+    """The error tables, as text; the metrics JSON and the parity (or calibration) plot, written to their
+    temporary files ``tmp[option]``."""
     metrics = errors.metrics()
     lines = [errors.report(metrics)]
     if (args.plot or args.metrics_json) and not errors.table(metrics):  # the inputs changed since _check_inputs
         raise ValueError("no structure had a finite reference energy or forces; no output, plot or metrics written")
+    if uncertainty is not None and uncertainty.arrays():
+        metrics["uncertainty"] = uncertainty.metrics()
+        lines.append("Uncertainty against the errors (Spearman rank correlation of the spread and the absolute error; "
+                     "miscalibration area, 0 when calibrated):\n" + uncertainty.report(metrics["uncertainty"]))
     if args.metrics_json:
         with open(tmp["--metrics-json"], "w", encoding="utf-8") as fh:  # strict JSON: missing values are null
             fh.write(json.dumps(metrics, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
         lines.append(f"wrote the metrics to {args.metrics_json}")
-    if args.plot:
+    if args.plot and uncertainty is not None:
+        from e3pot.calibration import plot_calibration
+
+        plot_calibration(tmp["--plot"], uncertainty)
+        lines.append(f"wrote the calibration plot to {args.plot}")
+    elif args.plot:
         from e3pot.plots import plot_errors
 
         plot_errors(tmp["--plot"], errors)
