@@ -7,8 +7,11 @@ from e3pot.model.runtime import evaluate  # noqa: E402
 from e3pot.model.io import load_model, save_model  # noqa: E402
 from e3pot.model.potential import E3Potential  # noqa: E402
 from e3pot.predict import predict  # noqa: E402
-from e3pot.calculator import E3PotCalculator  # noqa: E402
+from e3pot.calculator import E3PotCalculator, UncertainStructure  # noqa: E402
+from e3pot.model.ensemble import Committee  # noqa: E402
+from e3pot.select import select_frames  # noqa: E402
 from e3pot.allocator import tune_allocator  # noqa: E402
 
 __all__ = ["AtomicGraph", "Labels", "collate", "Prediction", "evaluate", "load_model", "save_model",
-           "E3Potential", "predict", "E3PotCalculator", "tune_allocator", "__version__"]
+           "E3Potential", "predict", "E3PotCalculator", "UncertainStructure", "Committee",
+           "select_frames", "tune_allocator", "__version__"]

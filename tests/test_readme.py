@@ -40,6 +40,8 @@ def shell_commands(document: str):
 
 def shortened(command: str) -> str:
     if "train.py" in command and "--print_config" not in command and "--help" not in command:
+        if command.endswith("; done"):  # a loop of trainings: each one shortened
+            return f"{command[:-len('; done')]} {SHORT}; done"
         return f"{command} {SHORT}"
     if "e3pot audit" in command:
         return re.sub(r"(e3pot audit [^>&]*?)(\s*(>|&&|$))", rf"\1 {AUDIT_SHORT}\2", command, count=1)

@@ -154,7 +154,7 @@ def test_uncertainty_is_invariant_under_rotation_and_permutation():
 
 def test_one_headed_model_file_is_unchanged_and_heads_round_trip(tmp_path):
     plain = random_model("e3")
-    assert "heads" not in plain.config and plain.readout.irreps_out.dim == 1
+    assert plain.config["heads"] == 1 and plain.readout.irreps_out.dim == 1  # the layout of every earlier model file
     model = random_model("e3", heads=3)
     model.metadata = {"uncertainty": Calibration(0.5, 2.0).metadata()}
     path = e3pot.save_model(model, str(tmp_path / "h.pt"), metadata=model.metadata)

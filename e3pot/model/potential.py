@@ -71,9 +71,7 @@ class E3Potential(EnergyModel):
             raise ValueError(f"heads must be a positive integer, got {heads!r}")
         config = dict(l_max=l_max, num_features=num_features, num_layers=num_layers, num_basis=num_basis,
                       cutoff_p=cutoff_p, radial_hidden=radial_hidden, radial_layers=radial_layers, parity=parity,
-                      avg_num_neighbors=float(avg_num_neighbors))
-        if heads > 1:  # a one-headed model's config stays as it was
-            config["heads"] = heads
+                      avg_num_neighbors=float(avg_num_neighbors), heads=heads)
         self._init_species(atomic_numbers, r_max, energy_shift, energy_scale, self._config(**config))
         self.num_heads = heads
         n_species = self.num_species
