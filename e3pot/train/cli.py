@@ -36,14 +36,22 @@ class ValidatedEarlyStopping(EarlyStopping):
         super()._run_early_stopping_check(trainer)
 
 
-def _cutoff(kind: str, r_max: Optional[float]) -> float:
-    """The cutoff of the graphs: ``model.r_max``, or the kind's default when not given."""
+def _cutoff(kind: str, r_max: Optional[float], init_from: Optional[str] = None) -> float:
+    """The cutoff of the graphs: ``model.r_max``, else the starting model's (``model.init_from``), else the kind's
+    default."""
+    if r_max is None and init_from is not None and os.path.isfile(init_from):
+        from e3pot.model.io import read_model_file
+
+        try:
+            return float(read_model_file(init_from)["r_max"])
+        except ValueError:  # the module says what the file is
+            pass
     return kinds.defaults(kind)["r_max"] if r_max is None else r_max
 
 
 class E3PotCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments(("model.kind", "model.r_max"), "data.r_max", compute_fn=_cutoff)
+        parser.link_arguments(("model.kind", "model.r_max", "model.init_from"), "data.r_max", compute_fn=_cutoff)
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.monitor": "val/loss", "checkpoint.save_last": True,
                              "checkpoint.filename": "best-{epoch:04d}", "checkpoint.mode": "min"})
@@ -80,9 +88,11 @@ def _format_metrics(metrics: dict) -> str:
             ("energy mean error", "val/energy_mean_meV_atom", "meV/atom"),
             ("energy MAE", "val/energy_mae_meV", "meV"), ("energy RMSE", "val/energy_rmse_meV", "meV"),
             ("energy mean error", "val/energy_mean_meV", "meV"),
-            ("forces MAE", "val/forces_mae_meV_A", "meV/Å"), ("forces RMSE", "val/forces_rmse_meV_A", "meV/Å")]
-    return "\n".join(f"  {name:<17} {float(metrics[key]):+10.3f} {unit}" if "mean" in key
-                     else f"  {name:<17} {float(metrics[key]):10.3f} {unit}" for name, key, unit in rows if key in metrics)
+            ("forces MAE", "val/forces_mae_meV_A", "meV/Å"), ("forces RMSE", "val/forces_rmse_meV_A", "meV/Å"),
+            ("replayed forces MAE", "val_replay/forces_mae_meV_A", "meV/Å"),
+            ("replayed forces RMSE", "val_replay/forces_rmse_meV_A", "meV/Å")]
+    return "\n".join(f"  {name:<20} {float(metrics[key]):+10.3f} {unit}" if "mean" in key
+                     else f"  {name:<20} {float(metrics[key]):10.3f} {unit}" for name, key, unit in rows if key in metrics)
 
 
 # Settings that define the network or its training data: a run resumed with other values would load
@@ -281,7 +291,8 @@ def main(args: Optional[List[str]] = None, prog: Optional[str] = None) -> str:
     trainer.fit(module, datamodule=data, ckpt_path=resume)
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    metrics = trainer.validate(module, datamodule=data, ckpt_path=best or None, verbose=False)[0]
+    metrics = {k: v for loader in trainer.validate(module, datamodule=data, ckpt_path=best or None, verbose=False)
+               for k, v in loader.items()}  # a second loader: the replayed frames (data.replay_file)
     check_finite_weights(module.ema)
     if not trainer.is_global_zero:  # under DDP every rank ends here with the same weights; one writes
         return output

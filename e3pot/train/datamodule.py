@@ -10,6 +10,7 @@ import numpy as np
 import pytorch_lightning as pl
 from ase.data import atomic_numbers as _symbol_to_z
 from ase.data import chemical_symbols
+import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from e3pot.data.dataset import GraphDataset, StoreDataset, collate_batch, collate_batch_numpy
@@ -43,6 +44,12 @@ class E3PotDataModule(pl.LightningDataModule):
             (positions, forces, cell and stress; :mod:`e3pot.data.augment`), to teach the symmetry to a
             model that does not have it built in (``model.kind: cartesian``). Validation frames stay as
             they are.
+        replay_file: frames of the starting model's own training data (fine-tuning, ``model.init_from``), read
+            with the default label options (eV, Å) or a store: a share of every training batch is drawn from them,
+            so that the model does not forget what it knew. They count with their forces only (the energies of
+            another level of theory have another reference); a tenth of them (at most 100) is held out and
+            reported as ``val_replay/*`` next to ``val/*``.
+        replay_fraction: the share of each training batch drawn from ``replay_file`` (default 0.25).
         bootstrap: train on a bootstrap draw of the training frames (as many frames as there are, drawn with
             replacement, after the split and ``n_train``): members of a committee trained on different draws
             differ more, as their data differ. ``true`` seeds the draw with the run's seed (``seed_everything``),
@@ -56,7 +63,8 @@ class E3PotDataModule(pl.LightningDataModule):
                  stress_key: Optional[str] = None, energy_unit: str = "eV", length_unit: str = "Å",
                  stress_unit: Optional[str] = None, batch_size: int = 8, val_batch_size: Optional[int] = None,
                  num_workers: int = 0, shuffle: bool = True, augment: bool = False,
-                 bootstrap: Union[bool, int] = False):
+                 bootstrap: Union[bool, int] = False, replay_file: Optional[str] = None,
+                 replay_fraction: Optional[float] = None):
         super().__init__()
         self.save_hyperparameters()  # stored in checkpoints, so that a resumed run can be compared
         if val_file is None and n_val is None and not 0.0 < val_fraction < 1.0:
@@ -80,6 +88,18 @@ class E3PotDataModule(pl.LightningDataModule):
         if not isinstance(bootstrap, bool) and (not isinstance(bootstrap, int) or bootstrap < 0):
             raise ValueError(f"data.bootstrap must be true, false or a seed (an integer >= 0), got {bootstrap!r}")
         self.bootstrap = bootstrap
+        if replay_fraction is not None and replay_file is None:
+            raise ValueError("data.replay_fraction needs data.replay_file (the frames to replay)")
+        if replay_file is not None:
+            replay_fraction = 0.25 if replay_fraction is None else replay_fraction
+            if not 0.0 < replay_fraction < 1.0:
+                raise ValueError(f"data.replay_fraction must be in (0, 1), got {replay_fraction}")
+            if round(batch_size * replay_fraction) < 1 or batch_size - round(batch_size * replay_fraction) < 1:
+                raise ValueError(f"data.replay_fraction {replay_fraction} of data.batch_size {batch_size} leaves no "
+                                 "room for new or for replayed frames; use a larger batch or another fraction")
+        self.replay_file, self.replay_fraction = replay_file, replay_fraction
+        self.replay_set = self.replay_val_set = None
+        self.species_order: Optional[List[int]] = None  # a starting model's species (fine-tuning), set before setup
         self.train_set = None  # GraphDataset, or StoreDataset for a store made by `e3pot preprocess`
         self.val_set = None
         self.atomic_numbers: List[int] = []
@@ -173,6 +193,7 @@ class E3PotDataModule(pl.LightningDataModule):
             train = self._take(train, np.arange(self.n_train))
         if self.bootstrap is not False:
             train = self._take(train, self.bootstrap_draw(self._size(train)))
+        replay = self._read_replay() if self.replay_file is not None else None
         in_train, in_val = self._elements(train), self._elements(val)
         if self.elements:
             unknown = [s for s in self.elements if s not in _symbol_to_z]
@@ -181,10 +202,32 @@ class E3PotDataModule(pl.LightningDataModule):
             self.atomic_numbers = sorted(_symbol_to_z[s] for s in self.elements)
         else:
             self.atomic_numbers = sorted(in_train)
-        self._check_elements(in_train, in_val)
+        inherited = set()
+        module = getattr(getattr(self, "trainer", None), "lightning_module", None)
+        if self.species_order is None and getattr(module, "start_species", None):
+            self.species_order = list(module.start_species)  # Lightning sets the data up before the model
+        if self.species_order:  # fine-tuning: the starting model's species first, in its order
+            from e3pot.train.finetune import species_order
+
+            inherited = set(self.species_order)
+            self.atomic_numbers = species_order(self.species_order, self.atomic_numbers)
+        self._check_elements(in_train | inherited, in_val)
         species = SpeciesMap(self.atomic_numbers)
         self.train_set = self._dataset(train, species, "training graphs")
         self.val_set = self._dataset(val, species, "validation graphs")
+        if replay is not None:
+            unknown = sorted({int(z) for f in replay for z in f.numbers} - set(self.atomic_numbers))
+            if unknown:
+                from ase.data import chemical_symbols
+
+                raise DataError(f"{self.replay_file}: element(s) {', '.join(chemical_symbols[z] for z in unknown)} are "
+                                "neither in the training frames nor known to the starting model")
+            n_val = min(100, max(1, len(replay) // 10))
+            order = np.random.default_rng([self.split_seed, 1]).permutation(len(replay))
+            self.replay_val_set = GraphDataset([replay[k] for k in order[:n_val]], species, self.r_max,
+                                               desc="replay validation graphs")
+            self.replay_set = GraphDataset([replay[k] for k in order[n_val:]], species, self.r_max,
+                                           desc="replay graphs")
 
     def _check_elements(self, in_train: set, val_elements: set) -> None:
         """Every element must occur in the training frames: one seen only in validation would get an
@@ -198,6 +241,25 @@ class E3PotDataModule(pl.LightningDataModule):
             raise DataError(f"element(s) {', '.join(parts)} do not occur in the training frames of "
                             f"{self.train_file}; a model cannot learn an element it is not trained on. Add frames "
                             "with it to the training data, or remove it")
+
+    def _read_replay(self) -> list:
+        """The replay frames, without their energies and stresses (forces only; see ``replay_file``)."""
+        if is_store(self.replay_file):
+            raise DataError(f"{self.replay_file}: data.replay_file takes a structure file (extxyz, traj, db, npz), "
+                            "not a store")
+        frames = read_frames(self.replay_file)
+        frames = [dataclasses.replace(f, energy=None, stress=None) for f in frames]
+        missing = [f.source for f in frames if f.forces is None]
+        if missing:
+            raise DataError(f"{missing[0]}: a replay frame needs forces (replayed frames count with their forces only)")
+        if len(frames) < 2:
+            raise DataError(f"{self.replay_file}: {len(frames)} frame(s); replay needs at least 2 (one is held out)")
+        return frames
+
+    def source_of(self, k: int) -> str:
+        """The source of training item ``k`` (replayed frames follow the training frames)."""
+        n = len(self.train_set)
+        return self.train_set.sources[k] if k < n else self.replay_set.sources[k - n]
 
     def _loader(self, dataset, batch_size: int, shuffle: bool, augment: bool = False) -> DataLoader:
         """Under DDP each process takes its share of every epoch: rank r of n takes every n-th frame of the
@@ -215,7 +277,60 @@ class E3PotDataModule(pl.LightningDataModule):
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, self.shuffle, self.augment)
+        if self.replay_set is None:
+            return self._loader(self.train_set, self.batch_size, self.shuffle, self.augment)
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            raise ValueError("data.replay_file does not run under DDP yet; train on one process")
+        n_new, n_replay = len(self.train_set), len(self.replay_set)
+        sampler = ReplayBatchSampler(n_new, n_replay, self.batch_size, self.replay_fraction, self.shuffle,
+                                     self.split_seed)
+        collate = collate_batch_numpy if self.num_workers else collate_batch
+        return DataLoader(_Offset([self.train_set, self.replay_set]), batch_sampler=sampler,
+                          collate_fn=functools.partial(collate, augment=self.augment), num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.val_batch_size, False)
+    def val_dataloader(self):
+        loader = self._loader(self.val_set, self.val_batch_size, False)
+        if self.replay_val_set is None:
+            return loader
+        return [loader, self._loader(self.replay_val_set, self.val_batch_size, False)]
+
+
+class _Offset(torch.utils.data.Dataset):
+    """Datasets one after the other; an item's index is its position in the whole (errors can name it)."""
+
+    def __init__(self, datasets):
+        self.datasets = datasets
+        self.starts = np.cumsum([0] + [len(d) for d in datasets])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, k: int):
+        part = int(np.searchsorted(self.starts, k, side="right") - 1)
+        graph, labels, _ = self.datasets[part][k - int(self.starts[part])]
+        return graph, labels, k
+
+
+class ReplayBatchSampler(torch.utils.data.Sampler):
+    """Batches of ``batch_size``: ``round(batch_size * fraction)`` replayed frames (indices ``n_new`` and up, drawn
+    with replacement) and the rest new frames, every new frame once per epoch (the last batch may be smaller)."""
+
+    def __init__(self, n_new: int, n_replay: int, batch_size: int, fraction: float, shuffle: bool, seed: int):
+        self.n_new, self.n_replay, self.shuffle, self.seed = n_new, n_replay, shuffle, seed
+        self.n_replay_batch = max(1, round(batch_size * fraction))
+        self.n_new_batch = max(1, batch_size - self.n_replay_batch)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return -(-self.n_new // self.n_new_batch)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        order = rng.permutation(self.n_new) if self.shuffle else np.arange(self.n_new)
+        for start in range(0, self.n_new, self.n_new_batch):
+            new = order[start:start + self.n_new_batch]
+            replay = self.n_new + rng.integers(0, self.n_replay, self.n_replay_batch)
+            yield [int(k) for k in new] + [int(k) for k in replay]

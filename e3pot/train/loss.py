@@ -15,8 +15,10 @@ def weighted_loss(pred: Prediction, labels: Labels, energy_weight: float, forces
     """MSE of per-atom energy (eV/atom)^2, force components (eV/Å)^2 and stress (eV/Å^3)^2."""
     n_atoms = labels.n_atoms.to(pred.energy.dtype)
     parts = {}
-    if energy_weight > 0:
-        parts["energy"] = ((pred.energy - labels.energy) / n_atoms).pow(2).mean()
+    if energy_weight > 0:  # structures without an energy label (replayed frames) count with their forces only
+        has = torch.isfinite(labels.energy)
+        diff = torch.where(has, (pred.energy - labels.energy) / n_atoms, torch.zeros_like(pred.energy))
+        parts["energy"] = diff.pow(2).sum() / has.sum().clamp(min=1)
     if forces_weight > 0:
         parts["forces"] = (pred.forces - labels.forces).pow(2).mean()
     if stress_weight > 0 and pred.stress is not None:
@@ -37,7 +39,10 @@ def gaussian_nll(head_energies: Tensor, labels: Labels) -> Tensor:
     n_atoms = labels.n_atoms.to(head_energies.dtype)
     mean = head_energies.mean(1) / n_atoms
     var = head_energies.var(1, unbiased=False) / n_atoms.pow(2) + NLL_FLOOR
-    return 0.5 * (torch.log(var) + (mean - labels.energy / n_atoms).pow(2) / var).mean()
+    has = torch.isfinite(labels.energy)
+    reference = torch.where(has, labels.energy / n_atoms, mean.detach())
+    nll = torch.where(has, 0.5 * (torch.log(var) + (mean - reference).pow(2) / var), torch.zeros_like(var))
+    return nll.sum() / has.sum().clamp(min=1)
 
 
 class ErrorMetrics:
@@ -71,9 +76,11 @@ class ErrorMetrics:
         self.sums[name] = self.sums[name] + new if name in self.sums else new
 
     def update(self, pred: Prediction, labels: Labels) -> None:
-        e_err = pred.energy - labels.energy
-        self._add("e", e_err)
-        self._add("e_atom", e_err / labels.n_atoms.to(e_err.dtype))
+        has = torch.isfinite(labels.energy)  # replayed frames have no energy label
+        e_err = (pred.energy - labels.energy)[has]
+        if e_err.numel():
+            self._add("e", e_err)
+            self._add("e_atom", e_err / labels.n_atoms[has].to(e_err.dtype))
         self._add("f", (pred.forces - labels.forces).reshape(-1))
 
     def all_reduce(self, device: Optional[torch.device] = None) -> None:

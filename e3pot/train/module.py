@@ -21,6 +21,12 @@ from e3pot.model.ensemble import evaluate_heads
 from e3pot.train.loss import ErrorMetrics, gaussian_nll, weighted_loss
 
 
+def chemical_symbol(z: int) -> str:
+    from ase.data import chemical_symbols
+
+    return chemical_symbols[int(z)]
+
+
 class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss, non-finite weights); the message says why."""
 
@@ -92,6 +98,12 @@ class E3PotModule(pl.LightningModule):
         skip_nonfinite_batches: skip (and report) a training batch whose loss is NaN or infinite
             instead of stopping the run. Off by default: a non-finite loss stops training with the
             batch's frames named, and the last checkpoint stays as it was.
+        init_from: a model file to start from (fine-tuning, :mod:`e3pot.train.finetune`): its architecture and
+            weights; optimiser, schedule, EMA and early stopping start fresh. New elements in the data extend it.
+        keep_shift: keep the starting model's per-species energy shifts (default: re-fit them to the new data
+            by least squares of its energy errors; ``e0s`` given as a table or file sets them instead).
+        freeze: parameter groups that do not train (with ``init_from``): ``embedding``, ``radial``, ``layer0``
+            ... ``layerN``, ``readout``.
         compile: compute the training loss and its gradients as one compiled graph
             (:class:`~e3pot.model.compiled.CompiledTrainingLoss`): the same numbers, several times
             faster per step for small molecules, after a compilation of a few minutes at the first step
@@ -108,26 +120,44 @@ class E3PotModule(pl.LightningModule):
                  forces_weight: float = 10.0, stress_weight: float = 0.0, lr: float = 0.005,
                  weight_decay: float = 0.0, lr_factor: float = 0.8, lr_patience: int = 10, lr_min: float = 1e-6,
                  ema_decay: float = 0.99, refit_shift: bool = True, refit_frames: int = 250,
-                 skip_nonfinite_batches: bool = False, compile: bool = False):
+                 skip_nonfinite_batches: bool = False, compile: bool = False, init_from: Optional[str] = None,
+                 keep_shift: bool = False, freeze: Optional[List[str]] = None):
         given = {name: value for name, value in locals().items() if name in kinds.SETTINGS}
         super().__init__()
+        self._start = None
+        if init_from is not None:  # the architecture comes from the file
+            from e3pot.train import finetune
+
+            self._start = finetune.read_start(init_from)
+            kind, start = finetune.start_settings(self._start, init_from, kind, given, kinds.SETTINGS)
+            given = {**given, **start}
+        elif keep_shift or freeze:
+            raise ValueError(f"model.{'keep_shift' if keep_shift else 'freeze'} needs a model to start from "
+                             "(model.init_from)")
         settings = kinds.resolve(kind, given)  # refuses a setting that the kind does not take
         self.save_hyperparameters()  # the arguments as given (under LightningCLI, with its own entries)
         hp = {name: value for name, value in self.hparams.items()
               if name not in kinds.SETTINGS or name in settings}
         hp.update(settings)  # what is built: the kind's settings, its defaults for those not given
+        hp["kind"] = kind
         check_hyperparameters(hp)
         self.hparams.clear()
         self.save_hyperparameters(hp)
         self.potential: Optional[EnergyModel] = None
         self.ema: Optional[EnergyModel] = None
         self.torch_dtype = dtype_from_name(dtype)
-        self.metrics = {"train": ErrorMetrics(), "val": ErrorMetrics()}
+        self.metrics = {"train": ErrorMetrics(), "val": ErrorMetrics(), "val_replay": ErrorMetrics()}
         self.use_stress = False
         self.skipped: List[str] = []  # frames of the batches skipped with skip_nonfinite_batches
         self._compiled_loss = None
         self._frozen_step = False  # under DDP: this step's batch was skipped on every process
         self._frozen_lrs: List[float] = []
+        self.frozen: List[str] = []  # parameters that model.freeze keeps from training
+
+    @property
+    def start_species(self) -> Optional[List[int]]:
+        """The species of the starting model (``init_from``), which keep their order; None without one."""
+        return None if self._start is None else list(self._start["atomic_numbers"])
 
     # -- building ---------------------------------------------------------------------------
     def _check_labels(self, dataset) -> None:
@@ -144,6 +174,8 @@ class E3PotModule(pl.LightningModule):
         if self.potential is not None:
             return
         dm = self.trainer.datamodule
+        if self._start is not None:  # the starting model's species keep their indices; new ones follow
+            dm.species_order = self.start_species
         dm.setup(stage)
         self._check_labels(dm.train_set)
         self._check_labels(dm.val_set)
@@ -159,13 +191,63 @@ class E3PotModule(pl.LightningModule):
         if hp.energy_weight == 0 and hp.forces_weight == 0 and not self.use_stress:
             raise DataError(f"{dm.train_file}: stress_weight > 0 is the only loss term, but no training frame has "
                             "a stress label (see data.stress_key)")
-        fitted = dict(avg_num_neighbors=stats.avg_num_neighbors(dm.train_set), energy_shift=shift.tolist(),
-                      energy_scale=stats.force_rms(dm.train_set))
-        warning = stats.implausible_units(dm.train_set, shift, fitted["energy_scale"])
-        if warning:
-            rank_zero_warn(f"{dm.train_file}: {warning}")
-        self.potential = kinds.model_class(hp.kind)(z, **kinds.select(hp.kind, {**dict(hp), **fitted})).to(self.torch_dtype)
+        if self._start is not None:
+            self.potential = self._fine_tuned(dm, z, hp).to(self.torch_dtype)
+        else:
+            fitted = dict(avg_num_neighbors=stats.avg_num_neighbors(dm.train_set), energy_shift=shift.tolist(),
+                          energy_scale=stats.force_rms(dm.train_set))
+            warning = stats.implausible_units(dm.train_set, shift, fitted["energy_scale"])
+            if warning:
+                rank_zero_warn(f"{dm.train_file}: {warning}")
+            self.potential = kinds.model_class(hp.kind)(z, **kinds.select(hp.kind, {**dict(hp), **fitted})).to(self.torch_dtype)
+        if hp.freeze:
+            from e3pot.train.finetune import freeze
+
+            self.frozen = freeze(self.potential, hp.freeze)
         self.ema = copy.deepcopy(self.potential).requires_grad_(False)
+
+    def _fine_tuned(self, dm, z: List[int], hp):
+        """The model to train, from the starting model file (see :mod:`e3pot.train.finetune`)."""
+        from pytorch_lightning.utilities import rank_zero_info
+
+        from e3pot.data.io import DataError
+        from e3pot.model.io import load_model
+        from e3pot.train import finetune
+
+        path = hp.init_from
+        start = load_model(path, dtype=torch.float64)
+        config = dict(start.config)
+        config.update(atomic_numbers=list(z), energy_shift=None)
+        config.pop("kind")
+        new = kinds.model_class(hp.kind)(**config)
+        new.energy_scale.copy_(start.energy_scale.double())
+        extended = finetune.extend(start, new)
+        known = len(start.atomic_numbers)
+        added = [chemical_symbol(n) for n in z[known:]]
+        with torch.no_grad():
+            new.energy_shift.zero_()
+            new.energy_shift[:known] = start.energy_shift
+        n = len(dm.train_set)
+        sample = list(range(n)) if n <= hp.refit_frames else sorted(
+            np.random.default_rng(0).choice(n, hp.refit_frames, replace=False).tolist())
+        if hp.keep_shift:
+            how = "kept from the starting model" + (" (new elements fitted)" if added else "")
+            shift = finetune.keep_shift_fit(new, dm.train_set, known, sample)
+        elif hp.e0s == "fit":
+            how = "re-fitted to the new data (least squares of the starting model's energy errors)"
+            shift = new.energy_shift.numpy() + stats.shift_correction(new, dm.train_set, sample)
+        else:
+            how = "from model.e0s"
+            table = hp.e0s if isinstance(hp.e0s, dict) else stats.read_e0s_file(hp.e0s)
+            shift = stats.shift_from_table(table, z)
+        if not np.isfinite(shift).all():
+            raise DataError(f"{dm.train_file}: the energy shifts came out non-finite; check the energy labels")
+        with torch.no_grad():
+            new.energy_shift.copy_(torch.as_tensor(shift, dtype=torch.float64))
+        rank_zero_info(f"Starting from {path}: {hp.kind} model, elements {', '.join(map(chemical_symbol, z[:known]))}"
+                       + (f"; new element(s) {', '.join(added)} (rows added to {', '.join(extended)})" if added else "")
+                       + f"; energy shifts {how}")
+        return new
 
     # -- steps ------------------------------------------------------------------------------
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
@@ -215,8 +297,7 @@ class E3PotModule(pl.LightningModule):
     def _nonfinite_loss(self, loss: float, index, here: bool = True) -> None:
         """Stop with the batch's frames named, or skip the batch when asked to (and say so). ``here``:
         the non-finite loss is this process's (under DDP another process's batch may be the one)."""
-        sources = self.trainer.datamodule.train_set.sources
-        frames = [sources[k] for k in index.tolist()]
+        frames = [self.trainer.datamodule.source_of(k) for k in index.tolist()]
         where = f"epoch {self.current_epoch}, step {self.global_step}"
         if self.hparams.skip_nonfinite_batches:
             if here:
@@ -254,9 +335,9 @@ class E3PotModule(pl.LightningModule):
     def training_step(self, batch, batch_idx: int):
         return self._step(self.potential, batch, "train", training=True)
 
-    def validation_step(self, batch, batch_idx: int):
-        with torch.enable_grad():
-            return self._step(self.ema, batch, "val", training=False)
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0):
+        with torch.enable_grad():  # the second loader: replayed frames (data.replay_file)
+            return self._step(self.ema, batch, "val_replay" if dataloader_idx == 1 else "val", training=False)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         decay = self.hparams.ema_decay
@@ -291,13 +372,16 @@ class E3PotModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
+        if self.metrics["val_replay"].sums:
+            self._log_metrics("val_replay")
 
     def on_train_epoch_start(self) -> None:
         self.metrics["train"].reset()
 
     def on_validation_epoch_start(self) -> None:
         self.metrics["val"].reset()
-        if self.hparams.refit_shift and not self.trainer.sanity_checking:
+        self.metrics["val_replay"].reset()
+        if self.hparams.refit_shift and not self.hparams.keep_shift and not self.trainer.sanity_checking:
             self._refit_shift()
 
     def _refit_shift(self) -> None:
@@ -318,7 +402,8 @@ class E3PotModule(pl.LightningModule):
     # -- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = torch.optim.AdamW(self.potential.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        trainable = [p for p in self.potential.parameters() if p.requires_grad]  # model.freeze leaves some out
+        optimizer = torch.optim.AdamW(trainable, lr=hp.lr, weight_decay=hp.weight_decay)
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, factor=hp.lr_factor, patience=hp.lr_patience, min_lr=hp.lr_min)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
