@@ -20,6 +20,7 @@ KINDS = {
     "e3": dict(kind="e3"),
     "e3-no-parity": dict(kind="e3", parity=False),
     "invariant": dict(kind="e3", l_max=0),
+    "shallow-ensemble": dict(kind="e3", heads=3),  # its mean; the spread's symmetry: tests/test_uncertainty.py
     "cartesian": dict(kind="cartesian"),
     "egnn": dict(kind="egnn"),
 }

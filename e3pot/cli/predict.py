@@ -220,8 +220,8 @@ def run(args) -> int:
 
             if not has_uncertainty(model):
                 raise ValueError(f"--uncertainty needs a committee (MODEL: a.pt,b.pt,c.pt) or a shallow ensemble (a "
-                                 f"model trained with model.heads > 1); {args.model} is {describe(model)[5:]}, which "
-                                 "has no uncertainty")
+                                 f"model trained with model.heads > 1); {args.model} is {describe(model)}, which has no "
+                                 "uncertainty")
         bar = stack.enter_context(tqdm(total=total, unit="structure", disable=args.no_progress, desc="predicting"))
         for name, atoms, pred in iter_scored(model, _items(args.inputs, labels), errors, args.batch_size,
                                              args.memory_budget, uncertainty):

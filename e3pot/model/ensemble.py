@@ -251,15 +251,18 @@ def spread(model, graph: AtomicGraph, compute_stress: bool = False, memory_budge
                              f"{graph.positions.shape[0]} atoms needs more than the memory budget; give a larger "
                              "memory budget or fewer structures per batch")
         return head_spread(model, graph, compute_stress)
-    raise ValueError(f"{describe(model)} has no uncertainty: give a committee of models (several model files) or "
+    raise ValueError(f"{describe(model)[0].upper()}{describe(model)[1:]} has no uncertainty: give a committee of models (several model files) or "
                      "a shallow ensemble (a model trained with model.heads > 1)")
 
 
 def describe(model) -> str:
+    """What ``model`` is, for messages: ``an e3 model with one read-out head``, ``an ExportedModel``."""
     heads = getattr(model, "num_heads", None)
-    if heads is not None:
-        return f"this {getattr(model, 'kind', '')} model ({heads} read-out head{'s' if heads != 1 else ''})".replace("  ", " ")
-    return f"this {type(model).__name__}"
+    if heads is None:
+        return f"a {type(model).__name__}"
+    kind = getattr(model, "kind", "")
+    article = "an" if kind[:1] in "aeiou" and kind else "a"
+    return f"{article} {kind} model with {'one read-out head' if heads == 1 else f'{heads} read-out heads'}"
 
 
 def fit_calibration(model, batches: Iterable) -> Calibration:
