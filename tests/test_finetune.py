@@ -155,3 +155,7 @@ def test_refusals_name_what_is_wrong(start, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "unknown group(s) decoder" in err and "readout" in err
     assert not os.path.exists(tmp_path / "x.pt") and not os.path.exists(tmp_path / "y.pt")
+    before = open(path, "rb").read()
+    rc = train_run(["--model.init_from", path, "--data.train_file", data, "--output", path, "--overwrite", *ARGS])
+    assert rc == 2 and "is also an input" in capsys.readouterr().err
+    assert open(path, "rb").read() == before  # the starting model is never overwritten

@@ -285,7 +285,8 @@ def main(args: Optional[List[str]] = None, prog: Optional[str] = None) -> str:
     output = cli.config.get("output") or os.path.join(trainer.log_dir or ".", "model.pt")
     e0s = module.hparams.e0s if isinstance(module.hparams.e0s, str) and module.hparams.e0s != "fit" else None
     configs = [os.fspath(str(c)) for c in (cli.config.get("config") or [])]
-    check_output(output, "--output", inputs=[data.train_file, data.val_file, e0s, resume, *configs],
+    check_output(output, "--output", inputs=[data.train_file, data.val_file, e0s, resume, *configs,
+                                             module.hparams.get("init_from"), data.replay_file],
                  overwrite=bool(cli.config.get("overwrite")),
                  missing_folder="make" if cli.config.get("output") else "leave")  # a run's folder: its logger's
     trainer.fit(module, datamodule=data, ckpt_path=resume)
