@@ -178,3 +178,50 @@ def freeze(model: EnergyModel, wanted: Optional[Sequence[str]]) -> List[str]:
     if len(frozen) == len(parameters):
         raise ValueError(f"model.freeze {', '.join(wanted)} freezes every parameter; leave a group to train")
     return frozen
+
+
+def fine_tuned_model(path: str, kind: str, atomic_numbers: List[int], train_set, e0s, keep_shift: bool,
+                     refit_frames: int) -> tuple:
+    """``(model, summary)``: the model a fine-tuning run starts with (float64), built from the model file
+    ``path`` for the species ``atomic_numbers`` (the file's first, in its order), with the energy shifts that
+    ``e0s`` and ``keep_shift`` ask for (see the module's notes), fitted on at most ``refit_frames`` frames of
+    ``train_set``; ``summary`` says what was done, in a line."""
+    from ase.data import chemical_symbols
+
+    from e3pot.data.io import DataError
+    from e3pot.model.io import load_model
+    from e3pot.model.kinds import model_class
+    from e3pot.train import stats
+
+    start = load_model(path, dtype=torch.float64)
+    config = dict(start.config, atomic_numbers=list(atomic_numbers), energy_shift=None)
+    config.pop("kind")
+    new = model_class(kind)(**config)
+    extended = extend(start, new)
+    known = len(start.atomic_numbers)
+    added = [chemical_symbols[z] for z in atomic_numbers[known:]]
+    with torch.no_grad():
+        new.energy_scale.copy_(start.energy_scale)
+        new.energy_shift.zero_()
+        new.energy_shift[:known] = start.energy_shift
+    n = len(train_set)
+    sample = list(range(n)) if n <= refit_frames else sorted(
+        np.random.default_rng(0).choice(n, refit_frames, replace=False).tolist())
+    if keep_shift:
+        how = "kept from the starting model" + (" (the new elements' fitted)" if added else "")
+        shift = keep_shift_fit(new, train_set, known, sample)
+    elif e0s == "fit":
+        how = "re-fitted to the new data (least squares of the starting model's energy errors)"
+        shift = new.energy_shift.numpy() + stats.shift_correction(new, train_set, sample)
+    else:
+        how = "from model.e0s"
+        shift = stats.shift_from_table(e0s if isinstance(e0s, dict) else stats.read_e0s_file(e0s), atomic_numbers)
+    if not np.isfinite(shift).all():
+        raise DataError(f"the energy shifts fitted for fine-tuning from {path} came out non-finite; check the "
+                        "energy labels of the training frames")
+    with torch.no_grad():
+        new.energy_shift.copy_(torch.as_tensor(shift, dtype=torch.float64))
+    summary = (f"Starting from {path}: {kind} model of {', '.join(chemical_symbols[z] for z in atomic_numbers[:known])}"
+               + (f"; new element(s) {', '.join(added)} (rows added to {', '.join(extended)})" if added else "")
+               + f"; energy shifts {how}")
+    return new, summary

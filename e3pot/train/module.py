@@ -21,12 +21,6 @@ from e3pot.model.ensemble import evaluate_heads
 from e3pot.train.loss import ErrorMetrics, gaussian_nll, weighted_loss
 
 
-def chemical_symbol(z: int) -> str:
-    from ase.data import chemical_symbols
-
-    return chemical_symbols[int(z)]
-
-
 class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss, non-finite weights); the message says why."""
 
@@ -192,7 +186,14 @@ class E3PotModule(pl.LightningModule):
             raise DataError(f"{dm.train_file}: stress_weight > 0 is the only loss term, but no training frame has "
                             "a stress label (see data.stress_key)")
         if self._start is not None:
-            self.potential = self._fine_tuned(dm, z, hp).to(self.torch_dtype)
+            from pytorch_lightning.utilities import rank_zero_info
+
+            from e3pot.train.finetune import fine_tuned_model
+
+            model, summary = fine_tuned_model(hp.init_from, hp.kind, z, dm.train_set, hp.e0s, hp.keep_shift,
+                                              hp.refit_frames)
+            rank_zero_info(summary)
+            self.potential = model.to(self.torch_dtype)
         else:
             fitted = dict(avg_num_neighbors=stats.avg_num_neighbors(dm.train_set), energy_shift=shift.tolist(),
                           energy_scale=stats.force_rms(dm.train_set))
@@ -205,49 +206,6 @@ class E3PotModule(pl.LightningModule):
 
             self.frozen = freeze(self.potential, hp.freeze)
         self.ema = copy.deepcopy(self.potential).requires_grad_(False)
-
-    def _fine_tuned(self, dm, z: List[int], hp):
-        """The model to train, from the starting model file (see :mod:`e3pot.train.finetune`)."""
-        from pytorch_lightning.utilities import rank_zero_info
-
-        from e3pot.data.io import DataError
-        from e3pot.model.io import load_model
-        from e3pot.train import finetune
-
-        path = hp.init_from
-        start = load_model(path, dtype=torch.float64)
-        config = dict(start.config)
-        config.update(atomic_numbers=list(z), energy_shift=None)
-        config.pop("kind")
-        new = kinds.model_class(hp.kind)(**config)
-        new.energy_scale.copy_(start.energy_scale.double())
-        extended = finetune.extend(start, new)
-        known = len(start.atomic_numbers)
-        added = [chemical_symbol(n) for n in z[known:]]
-        with torch.no_grad():
-            new.energy_shift.zero_()
-            new.energy_shift[:known] = start.energy_shift
-        n = len(dm.train_set)
-        sample = list(range(n)) if n <= hp.refit_frames else sorted(
-            np.random.default_rng(0).choice(n, hp.refit_frames, replace=False).tolist())
-        if hp.keep_shift:
-            how = "kept from the starting model" + (" (new elements fitted)" if added else "")
-            shift = finetune.keep_shift_fit(new, dm.train_set, known, sample)
-        elif hp.e0s == "fit":
-            how = "re-fitted to the new data (least squares of the starting model's energy errors)"
-            shift = new.energy_shift.numpy() + stats.shift_correction(new, dm.train_set, sample)
-        else:
-            how = "from model.e0s"
-            table = hp.e0s if isinstance(hp.e0s, dict) else stats.read_e0s_file(hp.e0s)
-            shift = stats.shift_from_table(table, z)
-        if not np.isfinite(shift).all():
-            raise DataError(f"{dm.train_file}: the energy shifts came out non-finite; check the energy labels")
-        with torch.no_grad():
-            new.energy_shift.copy_(torch.as_tensor(shift, dtype=torch.float64))
-        rank_zero_info(f"Starting from {path}: {hp.kind} model, elements {', '.join(map(chemical_symbol, z[:known]))}"
-                       + (f"; new element(s) {', '.join(added)} (rows added to {', '.join(extended)})" if added else "")
-                       + f"; energy shifts {how}")
-        return new
 
     # -- steps ------------------------------------------------------------------------------
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
