@@ -57,6 +57,7 @@ from learning_curves import read_progress  # noqa: E402
 
 STRATEGIES = ("uncertainty", "random")
 POOL_TEMPERATURES = (500.0, 700.0, 850.0, 1000.0)  # K, one committee MD run each
+TRUST_FACTOR = 4.0  # upper trust level: this many times the median uncertainty on the labelled frames
 TIMESTEP_FS = 0.5
 FRICTION_PER_FS = 0.01
 MIN_DISTANCE = 0.5  # Å: closer atoms mean the run has blown up
@@ -199,6 +200,7 @@ def langevin(start, calc, temperature: float, steps: int, seed: int, every: int 
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import Stationary, ZeroRotation
 
+    from e3pot.calculator import UncertainStructure
     from e3pot.model.runtime import NonFiniteError
 
     try:  # ASE >= 3.29 name of MaxwellBoltzmannDistribution
@@ -235,14 +237,34 @@ def langevin(start, calc, temperature: float, steps: int, seed: int, every: int 
                 frames.append(frame)
     except NonFiniteError:
         reason = "non-finite energy"
+    except UncertainStructure:  # past the upper trust level: the run ends here, and is no blow-up
+        return {"frames": frames, "blew_up": False, "reason": "past the upper trust level", "steps": done}
     return {"frames": frames, "blew_up": reason is not None, "reason": reason, "steps": done}
 
 
-def committee_pool(args, models: list, labelled: list, round_: int) -> tuple[list, list]:
-    """Frames from committee MD at POOL_TEMPERATURES, each run from one of the last labelled frames."""
+def trust_level(models: list, labelled: list) -> float:
+    """The upper trust level of a round (eV/Å): TRUST_FACTOR x the median, over the labelled frames, of the
+    committee's largest per-atom force std. More uncertain structures are where a poor model's MD has wandered
+    off; the pool MD stops there, and no strategy picks beyond it."""
     from e3pot.calculator import E3PotCalculator
 
     calc = E3PotCalculator(models)
+    stds = []
+    for frame in labelled:
+        atoms = frame.copy()
+        atoms.calc = calc
+        atoms.get_potential_energy()
+        stds.append(float(calc.results["forces_std"].max()))
+    return TRUST_FACTOR * float(np.median(stds))
+
+
+def committee_pool(args, models: list, labelled: list, round_: int) -> tuple[list, list, float]:
+    """Frames from committee MD at POOL_TEMPERATURES, each run from one of the last labelled frames, each stopped at
+    the first step past the round's upper trust level (:func:`trust_level`)."""
+    from e3pot.calculator import E3PotCalculator
+
+    level = trust_level(models, labelled)
+    calc = E3PotCalculator(models, uncertainty_threshold=level, stop_when_uncertain=True)
     pool, runs = [], []
     for i, temperature in enumerate(POOL_TEMPERATURES):
         run = langevin(labelled[-1 - i % len(labelled)], calc, temperature, args.pool_steps,
@@ -250,7 +272,7 @@ def committee_pool(args, models: list, labelled: list, round_: int) -> tuple[lis
         pool += run["frames"]
         runs.append({"temperature": temperature, "steps": run["steps"], "frames": len(run["frames"]),
                      "blew_up": run["blew_up"], "reason": run["reason"]})
-    return pool, runs
+    return pool, runs, level
 
 
 def stability(args, model: str, hot: list) -> dict:
@@ -266,14 +288,14 @@ def stability(args, model: str, hot: list) -> dict:
 
 # ---------------------------------------------------------------- picking and scoring
 
-def pick(strategy: str, models: list, pool: list, n: int, seed: int) -> list:
+def pick(strategy: str, models: list, pool: list, n: int, seed: int, level: float) -> list:
     """``n`` frames of the pool (all of it when it holds fewer)."""
     n = min(n, len(pool))
     if strategy == "random":
         return [pool[i].copy() for i in np.random.default_rng(seed).choice(len(pool), n, replace=False)]
     from e3pot.select import select_frames
 
-    return select_frames(models=models, pool=pool, n=n)
+    return select_frames(models=models, pool=pool, n=n, max_score=level)
 
 
 def hot_errors(model, hot: list) -> dict:
@@ -334,9 +356,9 @@ def run_strategy(args, strategy: str, config: str, start: list, round0: list, ro
     for r in range(1, args.rounds + 1):
         folder = os.path.join(out, f"round{r}")
         say(f"{strategy} round {r}: committee MD for the pool")
-        pool, pool_runs = committee_pool(args, models, labelled, r)
+        pool, pool_runs, level = committee_pool(args, models, labelled, r)
         write_frames(os.path.join(folder, "pool.extxyz"), pool)
-        picks = pick(strategy, models, pool, args.per_round, seed=1000 * args.seed + r) if pool else []
+        picks = pick(strategy, models, pool, args.per_round, seed=1000 * args.seed + r, level=level) if pool else []
         temperatures = Counter(f"{a.info['pool_temperature']:g} K" for a in picks)
         reasons = [a.info["e3pot_select_reason"] for a in picks if "e3pot_select_reason" in a.info]
         new, failed = xtb_label(picks)
@@ -345,7 +367,7 @@ def run_strategy(args, strategy: str, config: str, start: list, round0: list, ro
         say(f"{strategy} round {r}: pool {len(pool)} frames, picked {len(picks)}, {len(new)} labelled")
         models = train_committee(args, config, train_file, folder, f"{strategy}-r{r}", r)
         rows.append(score(args, models, hot, len(labelled), f"{strategy}-r{r}", round=r, pool=len(pool),
-                          pool_runs=pool_runs, picked=len(picks), picked_from=dict(temperatures), xtb_failed=failed,
+                          pool_runs=pool_runs, trust_level=level, picked=len(picks), picked_from=dict(temperatures), xtb_failed=failed,
                           reasons=reasons))
     return {"rows": rows, "models": models, "train_file": train_file}
 
@@ -361,7 +383,9 @@ def markdown(res: dict) -> str:
              f"{s['seconds']} s on a bootstrap resample, {s['jobs']} at a time with {s['threads']} torch thread(s). "
              f"Both strategies start from the same round-0 committee ({s['start_frames']} frames of 300 K xTB MD). "
              f"Pools: committee MD at {', '.join(f'{t:g}' for t in POOL_TEMPERATURES)} K, {s['pool_steps']} steps, "
-             f"a frame every {s['pool_every']}. Uncertainty picks: e3pot.select.select_frames (largest per-atom "
+             f"a frame every {s['pool_every']}, each run stopped at the first step past the round's upper trust level "
+             f"({TRUST_FACTOR:g} x the median largest per-atom force std of the committee on the labelled frames). "
+             "Uncertainty picks: e3pot.select.select_frames (largest per-atom "
              "force std, spread out by farthest-point sampling in feature space); random picks: a seeded uniform "
              "draw.", "",
              f"Scored on the hot set ({s['hot_frames']} frames of 1000 K xTB MD): force MAE per component (meV/Å) "

@@ -15,6 +15,9 @@ Prints markdown tables and writes JSON (--out).
 result: a fresh process imports e3pot, loads a model file and evaluates aspirin once, for each path
 (the compiled one with an empty and then with a filled Inductor cache).
 
+``--paths table`` times (a), (b), (d) and (e) with the radial networks tabulated (``radial="table"``,
+:mod:`e3pot.model.tables`); (c) needs the networks themselves and is left out.
+
 ``--device cuda`` runs every case on the GPU (timings end with a CUDA synchronisation; part (b) also
 reports the peak GPU memory), and ``--kernels torch cueq`` times each case once per kernel backend of the
 edge convolution (:mod:`e3pot.model.kernels`), one row each; ``cueq`` is not combined with the compiled
@@ -117,6 +120,11 @@ def evaluator(model, path: str):
     device = str(next(model.parameters()).device)
     if path == "eager":
         return synced(lambda graph: evaluate(model, graph), device), None
+    if path == "table":
+        from e3pot.model.tables import use_radial
+
+        table = use_radial(model, "table")
+        return synced(lambda graph: evaluate(table, graph), device), None
     from e3pot.model.compiled import CompiledModel
 
     compiled = CompiledModel(model)
@@ -150,6 +158,10 @@ def first_result_child(args) -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     model = use_kernels(load_any(args.model_file, device=args.device, compile=args.path == "compiled"), args.kernel)
+    if args.path == "table":
+        from e3pot.model.tables import use_radial
+
+        model = use_radial(model, "table")
     t_load = time.perf_counter() - t0
     aspirin, _, _ = structures.load(args.data_dir)
     t0 = time.perf_counter()
@@ -187,7 +199,7 @@ def run_case(args, preset: str, dtype_name: str, path: str = "eager", kernels: s
         if out.returncode != 0:
             raise RuntimeError(f"water benchmark failed:\n{out.stderr[-3000:]}")
         res["b_water"] = json.loads(out.stdout.strip().splitlines()[-1])
-    if "c" in args.parts:
+    if "c" in args.parts and path != "table":  # tables are for inference: training needs the networks
         from e3pot.data.graph import Labels
         from e3pot.train.loss import weighted_loss
 
@@ -236,7 +248,8 @@ def run_case(args, preset: str, dtype_name: str, path: str = "eager", kernels: s
 
         atoms = aspirin.copy()
         atoms.calc = E3PotCalculator(compiled if compiled is not None else model, device=args.device,
-                                     kernels=kernels if compiled is None else "torch")
+                                     kernels=kernels if compiled is None else "torch",
+                                     radial="table" if path == "table" else "exact")
         MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
         dyn = VelocityVerlet(atoms, timestep=0.5 * units.fs)
         dyn.run(5)
@@ -340,7 +353,9 @@ def main(argv=None) -> dict:
     p.add_argument("--presets", nargs="+", default=["small", "matched", "paper"], choices=list(PRESETS))
     p.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
     p.add_argument("--parts", default="abcd", help="any of a, b, c, d and e (time to first result)")
-    p.add_argument("--paths", nargs="+", default=["eager"], choices=["eager", "compiled"])
+    p.add_argument("--paths", nargs="+", default=["eager"], choices=["eager", "compiled", "table"],
+                   help="eager, compiled, table (eager with tabulated radial networks: e3pot.model.tables; no "
+                        "training step, which needs the networks)")
     p.add_argument("--kernels", nargs="+", default=["torch"], choices=["torch", "cueq"],
                    help="kernel backends of the edge convolution, one row each (cueq: eager path only)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")

@@ -4,8 +4,13 @@ The pool (an MD trajectory, a file of candidates) is scored by a committee or a 
 (:mod:`e3pot.model.ensemble`). The score of a structure is the largest force uncertainty of its atoms
 (``forces_std``, eV/Å; ``score="energy"``: the energy uncertainty per atom, eV/atom).
 
-Diversity: the ``candidates`` most uncertain structures (default ``4 n``) form the shortlist, with
-structures whose features equal those of a more uncertain one (exact copies) left out. From it the picks are
+Trust window: with ``max_score``, structures more uncertain than that are left out, as likely unphysical
+(where a poor model's MD has wandered: too far from anything labelled to be worth a label yet; the upper
+trust level of DP-GEN's scheme).
+
+Diversity: the ``candidates`` most uncertain structures (default ``4 n``, at most half of the eligible ones
+but at least ``n``) form the shortlist, with structures whose features equal those of a more uncertain one
+(exact copies) left out. From it the picks are
 made by farthest-point sampling in the model's invariant per-structure features (the mean over atoms of the
 features its read-out sees), starting from the most uncertain structure: each next pick is the shortlisted
 structure farthest from every earlier pick, so that near-copies (consecutive MD frames) are not picked twice
@@ -93,23 +98,29 @@ class Pick(NamedTuple):
     distance: float  # feature distance to the nearest earlier pick (inf for the first)
 
 
-def farthest_point_picks(score: np.ndarray, features: np.ndarray, n: int, candidates: Optional[int] = None) -> List[Pick]:
-    """``n`` structures: the shortlist of the ``candidates`` (default ``4 n``) most uncertain, exact feature copies
-    of a more uncertain one left out, then farthest-point sampling from the most uncertain (see the module's notes).
-    ValueError when the pool has fewer than ``n`` distinct structures."""
+def farthest_point_picks(score: np.ndarray, features: np.ndarray, n: int, candidates: Optional[int] = None,
+                         max_score: Optional[float] = None) -> List[Pick]:
+    """``n`` structures: the shortlist of the ``candidates`` (default: see the module's notes) most uncertain with a
+    score of at most ``max_score``, exact feature copies of a more uncertain one left out, then farthest-point
+    sampling from the most uncertain (see the module's notes). ValueError when the pool has fewer than ``n``
+    distinct eligible structures."""
     n_pool = len(score)
     order = np.argsort(-score, kind="stable")
     rank = np.empty(n_pool, dtype=int)
     rank[order] = np.arange(1, n_pool + 1)
     scale = float(np.abs(features).max()) if features.size else 1.0
     distinct: List[int] = []
+    too_uncertain = 0
     for i in order:  # most uncertain first; a copy of a structure already kept is left out
-        if not _has_copy(features, distinct, i, scale):
+        if max_score is not None and score[i] > max_score:
+            too_uncertain += 1
+        elif not _has_copy(features, distinct, i, scale):
             distinct.append(int(i))
     if len(distinct) < n:
-        raise ValueError(f"asked for {n} structures, but the pool has {len(distinct)} distinct ones "
-                         f"({n_pool} in all, the others copies); ask for at most {len(distinct)}")
-    size = max(n, 4 * n if candidates is None else candidates)
+        beyond = f", {too_uncertain} above the trust level {max_score:g}" if too_uncertain else ""
+        raise ValueError(f"asked for {n} structures, but the pool has {len(distinct)} distinct eligible ones "
+                         f"({n_pool} in all{beyond}, the others copies); ask for at most {len(distinct)}")
+    size = max(n, min(4 * n, len(distinct) // 2)) if candidates is None else max(n, candidates)
     short = np.array(distinct[:size])
     feats = features[short]
     picked = [0]
@@ -132,7 +143,7 @@ def _has_copy(features: np.ndarray, kept: List[int], i: int, scale: float) -> bo
 
 def select_frames(models, pool: Iterable, n: int, candidates: Optional[int] = None, score: str = "forces",
                   batch_size: int = 16, device: str = "cpu", memory_budget: Optional[float] = None,
-                  progress: bool = False) -> List:
+                  progress: bool = False, max_score: Optional[float] = None) -> List:
     """Pick ``n`` structures of ``pool`` (``ase.Atoms``) to label next, as the module's notes describe.
 
     ``models``: a committee (a list of model files, exports or modules; at least one a model file) or a shallow
@@ -140,7 +151,8 @@ def select_frames(models, pool: Iterable, n: int, candidates: Optional[int] = No
     picked (the first is the most uncertain), without their calculators, with in ``info``:
     ``e3pot_select_reason`` (text), ``e3pot_select_score`` (the uncertainty), ``e3pot_select_rank`` (1: most
     uncertain of the pool), ``e3pot_select_pool_index`` and ``e3pot_select_distance`` (feature distance to the
-    nearest earlier pick). ValueError when ``n`` is not between 1 and the number of distinct structures of the pool.
+    nearest earlier pick). ``max_score``: the upper trust level (same unit as the score); more uncertain structures
+    are not picked. ValueError when ``n`` is not between 1 and the number of distinct eligible structures.
     """
     if score not in SCORES:
         raise ValueError(f"unknown score {score!r}; use one of {', '.join(SCORES)}")
@@ -156,7 +168,9 @@ def select_frames(models, pool: Iterable, n: int, candidates: Optional[int] = No
         raise ValueError(f"selection needs an uncertainty, but {describe(model)} has none: give several model files "
                          "(a committee) or a model trained with model.heads > 1 (a shallow ensemble)")
     scored = score_pool(model, pool, score, batch_size, memory_budget, progress)
-    picks = farthest_point_picks(scored.score, scored.features, int(n), candidates)
+    if max_score is not None and not max_score > 0:
+        raise ValueError(f"max_score (the upper trust level) must be positive, got {max_score}")
+    picks = farthest_point_picks(scored.score, scored.features, int(n), candidates, max_score)
     what, unit = SCORES[score]
     out = []
     for k, pick in enumerate(picks, start=1):

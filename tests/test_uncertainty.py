@@ -234,11 +234,15 @@ def test_farthest_point_rule_prefers_a_distinct_frame_over_a_near_copy():
     # four frames: A (most uncertain), A' (a near copy of A), B (far away), C; two picks: A, then B not A'
     features = np.array([[0.0, 0.0], [1e-3, 0.0], [5.0, 0.0], [2.0, 2.0]])
     score = np.array([1.0, 0.99, 0.5, 0.4])
-    picks = farthest_point_picks(score, features, 2)
+    picks = farthest_point_picks(score, features, 2, candidates=4)
     assert [p.index for p in picks] == [0, 2]
     assert picks[1].rank == 3 and picks[1].distance == pytest.approx(5.0)
     # without a shortlist larger than n there is no diversity rule: the two most uncertain
     assert [p.index for p in farthest_point_picks(score, features, 2, candidates=2)] == [0, 1]
+    # the upper trust level leaves out the two most uncertain
+    assert [p.index for p in farthest_point_picks(score, features, 2, candidates=4, max_score=0.6)] == [2, 3]
+    with pytest.raises(ValueError, match="2 above the trust level 0.6"):
+        farthest_point_picks(score, features, 3, max_score=0.6)
 
 
 def test_select_refuses_too_many_and_models_without_uncertainty():

@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
                         "much faster on a busy machine")
     p.add_argument("--json", action="store_true", help="print the checks as JSON instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--radial", default="exact", choices=["exact", "table"],
+                   help="audit the model with its radial networks as cubic Hermite tables (e3 model files)")
     return p
 
 
@@ -71,7 +73,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         structures = list(_read(args.structures, args.max_structures)) if args.structures else None
         if structures == []:
             raise DataError(f"{', '.join(args.structures)}: no structures")
-        report = audit(args.model, structures, dtypes=args.dtypes, nve_steps=args.nve_steps, seed=args.seed,
+        model = args.model
+        if args.radial == "table":
+            from e3pot.model.runtime import load_any
+            from e3pot.model.tables import use_radial
+
+            model = use_radial(load_any(args.model, dtype="float64"), "table")
+        report = audit(model, structures, dtypes=args.dtypes, nve_steps=args.nve_steps, seed=args.seed,
                        max_structures=args.max_structures, progress=None if args.quiet else progress)
     except NonFiniteError as exc:  # the model, not the input, is at fault
         print(f"e3pot audit: FAIL: {exc}", file=sys.stderr)

@@ -28,7 +28,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output file: .extxyz/.xyz or .traj")
     p.add_argument("--candidates", type=int,
                    help="size of the shortlist of the most uncertain structures that the picks are spread over "
-                        "(default 4 n; n: the n most uncertain distinct structures, no diversity rule)")
+                        "(default 4 n, at most half the eligible structures, at least n; n: the n most uncertain "
+                        "distinct structures, no diversity rule)")
+    p.add_argument("--max-score", type=float, metavar="LEVEL",
+                   help="upper trust level: structures more uncertain than this (in the unit of --score) are left out "
+                        "as likely unphysical (default: none)")
     p.add_argument("--score", default="forces", choices=["forces", "energy"],
                    help="what ranks the structures: the largest force uncertainty of an atom (default, eV/Å) or the "
                         "energy uncertainty per atom (eV/atom)")
@@ -70,7 +74,7 @@ def run(args) -> int:
         raise DataError(f"{', '.join(args.pool)}: no structures")
     picks = select_frames(paths if len(paths) > 1 else paths[0], pool, args.n, candidates=args.candidates,
                           score=args.score, batch_size=args.batch_size, device=args.device,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, max_score=args.max_score)
     for atoms in picks:
         atoms.info["e3pot_select_source"] = sources[atoms.info["e3pot_select_pool_index"]]
     with atomic_output(args.output) as tmp:
