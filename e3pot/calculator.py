@@ -65,9 +65,10 @@ class E3PotCalculator(Calculator):
             ``flagged_file`` when one is given; with ``stop_when_uncertain=True`` the calculator then raises
             :class:`UncertainStructure`, which ends an MD run. Needs a committee or a shallow ensemble.
         flagged_file: extended XYZ file that flagged structures are appended to (never truncated).
-        radial: ``"exact"`` (default) or ``"table"``: run the radial networks as cubic Hermite tables
-            (:mod:`e3pot.model.tables`; ``e3`` model files, not compiled): the same function to about 1e-10
-            relative, faster on large structures (docs/benchmarks.md).
+        radial: ``"table"``: run the radial networks as cubic Hermite tables (:mod:`e3pot.model.tables`; ``e3``
+            model files, not compiled): the same function to about 1e-11 relative (forces 1e-8), faster on large
+            structures (docs/benchmarks.md); ``"exact"``: the networks. Default None: the model as it is given (a
+            model file: exact).
         stop_when_uncertain: raise :class:`UncertainStructure` at the first flagged structure.
 
     Implements ``energy``, ``free_energy``, ``forces``, per-atom ``energies`` and, for periodic
@@ -83,11 +84,12 @@ class E3PotCalculator(Calculator):
     def __init__(self, model, device: str = "cpu", dtype: Optional[str] = None,
                  memory_budget: Optional[float] = None, skin: float = 0.0, compile: bool = False,
                  threads: Optional[int] = None, kernels: str = "auto", uncertainty_threshold: Optional[float] = None,
-                 flagged_file: Optional[str] = None, stop_when_uncertain: bool = False, radial: str = "exact",
+                 flagged_file: Optional[str] = None, stop_when_uncertain: bool = False, radial: Optional[str] = None,
                  **kwargs):
         super().__init__(**kwargs)
         check_kernels(kernels, compile)
-        check_radial(radial, compile)
+        if radial is not None:
+            check_radial(radial, compile)
         check_budget(memory_budget)  # memory_budget, and E3POT_MEMORY_BUDGET whether or not it is used
         if not skin >= 0:
             raise ValueError(f"skin must be >= 0 Å, got {skin}")
@@ -100,7 +102,9 @@ class E3PotCalculator(Calculator):
             tune_allocator()
         if compile:  # the compiled path traces the torch kernels
             model = use_kernels(model, "torch")
-        self.model = use_radial(use_kernels(load_any(model, device=device, dtype=dtype, compile=compile), kernels), radial)
+        self.model = use_kernels(load_any(model, device=device, dtype=dtype, compile=compile), kernels)
+        if radial is not None:
+            self.model = use_radial(self.model, radial)
         self.kernels = kernels_of(self.model) or "torch"
         first = self.model.members[0] if isinstance(self.model, Committee) else self.model
         warn_if_not_chunkable(first.model if isinstance(first, CompiledModel) else first, memory_budget)

@@ -9,7 +9,8 @@ NequIP's sizes, against about 6,000).
 
 The interpolant is C¹ in r, so energies and forces stay continuous, and forces are its exact derivative (the
 potential stays conservative); it is zero from r_max on, as the network is. Its error against the network falls
-as h⁴ with the grid spacing h (tests/test_radial_table.py measures it). Edges shorter than the first grid
+as h⁴ with the grid spacing h, that of its derivative (the forces) as h³: with the default 2048 intervals,
+about 1e-11 and 1e-8 relative (tests/test_radial_table.py measures both). Edges shorter than the first grid
 interval use that interval's cubic.
 """
 from __future__ import annotations
