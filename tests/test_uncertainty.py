@@ -20,7 +20,7 @@ from e3pot.model.ensemble import Calibration, Committee, head_spread
 from e3pot.model.runtime import load_any
 from e3pot.select import farthest_point_picks, select_frames
 from e3pot.testing.models import random_model
-from tests.trained_model import CONFIG, TRAIN_ARGS, torch_threads, trained_model, training_frames  # noqa: F401
+from tests.trained_model import train_tiny, trained_model, training_frames  # noqa: F401
 
 
 def _graph(model, *structures):
@@ -320,26 +320,9 @@ def test_bootstrap_draws_differ_by_seed_and_repeat_by_seed():
         E3PotDataModule("x.extxyz", bootstrap=-1)
 
 
-def _train(tmp_path_factory, name, extra):
-    from e3pot.train.cli import main
-
-    work = tmp_path_factory.mktemp(name)
-    train_file = str(work / "train.extxyz")
-    write(train_file, training_frames())
-    cwd = os.getcwd()
-    os.chdir(work)
-    try:
-        with torch_threads(1):
-            path = main(["--config", CONFIG, "--data.train_file", train_file, "--output", "model.pt", *TRAIN_ARGS,
-                         *extra])
-    finally:
-        os.chdir(cwd)
-    return os.path.join(work, path)
-
-
 @pytest.fixture(scope="module")
 def shallow_ensemble(tmp_path_factory):
-    return _train(tmp_path_factory, "heads", ["--model.heads", "4"])
+    return train_tiny(tmp_path_factory, "heads", ["--model.heads", "4"])
 
 
 @pytest.mark.slow
@@ -360,8 +343,8 @@ def test_shallow_ensemble_trains_calibrates_and_passes_the_audit(shallow_ensembl
 
 @pytest.mark.slow
 def test_committee_spread_grows_on_a_stretched_molecule(trained_model, tmp_path_factory):
-    members = [trained_model] + [_train(tmp_path_factory, f"member{s}", ["--seed_everything", str(s),
-                                                                          "--data.bootstrap", "true"])
+    members = [trained_model] + [train_tiny(tmp_path_factory, f"member{s}", ["--seed_everything", str(s),
+                                                                              "--data.bootstrap", "true"])
                                  for s in (1, 2)]
     frame = training_frames()[0]  # an ethanol training frame
     calc = E3PotCalculator(members)

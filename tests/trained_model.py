@@ -59,22 +59,28 @@ def training_frames():
     return ethanol[::5][:50] + acetaldehyde[::25][:10]
 
 
+def train_tiny(tmp_path_factory, name: str, extra=()) -> str:
+    """Train the tiny model of TRAIN_ARGS (plus ``extra`` arguments) in a new folder; the model file's path."""
+    from e3pot.train.cli import main
+
+    work = tmp_path_factory.mktemp(name)
+    train_file = str(work / "train.extxyz")
+    write(train_file, training_frames())
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        with torch_threads(1):
+            path = main(["--config", CONFIG, "--data.train_file", train_file, "--output", "model.pt", *TRAIN_ARGS,
+                         *extra])
+    finally:
+        os.chdir(cwd)
+    return os.path.join(work, path)
+
+
 def train_tiny_model(tmp_path_factory) -> str:
     """Train (once per session) and return the absolute path of the model file."""
     if "trained" not in _cache:
-        from e3pot.train.cli import main
-
-        work = tmp_path_factory.mktemp("trained_model")
-        train_file = str(work / "train.extxyz")
-        write(train_file, training_frames())
-        cwd = os.getcwd()
-        os.chdir(work)
-        try:
-            with torch_threads(1):
-                path = main(["--config", CONFIG, "--data.train_file", train_file, "--output", "model.pt", *TRAIN_ARGS])
-        finally:
-            os.chdir(cwd)
-        path = os.path.join(work, path)
+        path = train_tiny(tmp_path_factory, "trained_model")
         assert e3pot.load_model(path).dtype == torch.float64
         _cache["trained"] = path
     return _cache["trained"]
