@@ -66,8 +66,8 @@ class E3PotCalculator(Calculator):
             :class:`UncertainStructure`, which ends an MD run. Needs a committee or a shallow ensemble.
         flagged_file: extended XYZ file that flagged structures are appended to (never truncated).
         radial: ``"table"``: run the radial networks as cubic Hermite tables (:mod:`e3pot.model.tables`; ``e3``
-            model files, not compiled): the same function to about 1e-11 relative (forces 1e-8), faster on large
-            structures (docs/benchmarks.md); ``"exact"``: the networks. Default None: the model as it is given (a
+            model files, not compiled): the same function to about 1e-11 relative (forces 1e-8); on a CPU no faster
+            than the networks so far (docs/benchmarks.md); ``"exact"``: the networks. Default None: the model as it is given (a
             model file: exact).
         stop_when_uncertain: raise :class:`UncertainStructure` at the first flagged structure.
 

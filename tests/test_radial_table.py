@@ -56,7 +56,7 @@ def test_table_is_a_copy_and_keeps_the_model_file_the_same():
     table = use_radial(model, "table")
     assert radial_of(model) == "exact" and radial_of(table) == "table"
     assert use_radial(model, "exact") is model and use_radial(table, "table") is table
-    assert "layers.0.radial.values" in table.state_dict() and "layers.0.radial.values" not in model.state_dict()
+    assert "layers.0.radial.intervals" in table.state_dict() and "layers.0.radial.intervals" not in model.state_dict()
     assert "layers.0.radial.layer0.weight" in model.state_dict()  # the original is untouched
 
 

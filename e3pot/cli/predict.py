@@ -96,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
                         "auto (default: cueq on a GPU with cuEquivariance's CUDA kernels installed, else torch)")
     p.add_argument("--radial", default="exact", choices=["exact", "table"],
                    help="run the radial networks exactly (default) or as cubic Hermite tables (e3 model files; the "
-                        "same function to about 1e-10 relative, faster on large structures)")
+                        "same function to about 1e-11 relative; on a CPU no faster so far)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
