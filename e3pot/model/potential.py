@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from e3pot.data.graph import AtomicGraph
 from e3pot.model.base import EnergyModel, default_dtype
 from e3pot.nn.interaction import Interaction
-from e3pot.nn.radial import RadialEmbedding
+from e3pot.nn.radial import RadialEmbedding, fused_radial
 
 
 def hidden_irreps(num_features: int, l_max: int, parity: bool) -> o3.Irreps:
@@ -90,6 +90,7 @@ class E3Potential(EnergyModel):
             layers.append(layer)
             irreps = layer.irreps_out
         self.layers = nn.ModuleList(layers)
+        self.fuse_radial = True  # all layers' radial networks in one pass (False once they are tables)
         self.readout = o3.Linear(irreps, o3.Irreps(f"{heads}x0e"))
         if self.readout.weight_numel == 0:
             raise ValueError(f"readout: final irreps {irreps} contain no 0e scalars")
@@ -138,9 +139,24 @@ class E3Potential(EnergyModel):
         """The invariant features the read-out sees (n_atoms, num_features): the last layer's scalars."""
         sh, radial = self.edge_features(graph.positions, graph.edge_index[0], graph.edge_index[1], graph.edge_shift)
         h, onehot = self.embed(graph.species)
-        for layer in self.layers:
-            h = layer(h, onehot, sh, radial, graph.edge_index)
+        if not self.fuse_radial:  # tabulated radial networks (e3pot.model.tables)
+            for layer in self.layers:
+                h = layer(h, onehot, sh, radial, graph.edge_index)
+            return h
+        weights = self.radial_weights(radial)
+        sender, receiver = graph.edge_index[0], graph.edge_index[1]
+        for k, layer in enumerate(self.layers):
+            h = layer.update(h, onehot, layer.linear_in(h), sh, weights[k], sender, receiver)
         return h
+
+    @torch.jit.export
+    def radial_weights(self, radial: Tensor) -> List[Tensor]:
+        """Every layer's per-edge tensor-product weights (n_edges, weight_numel) from the radial basis
+        (n_edges, num_basis), all radial networks evaluated together (:func:`~e3pot.nn.radial.fused_radial`)."""
+        matrices: List[List[Tensor]] = []
+        for layer in self.layers:
+            matrices.append(layer.radial_matrices())
+        return fused_radial(radial, matrices)
 
     def head_energies(self, graph: AtomicGraph) -> Tensor:
         """Per-atom energies of every head (n_atoms, heads) in eV, float64 (eager use; the shallow ensemble's

@@ -66,4 +66,5 @@ def use_radial(model, radial: str = "exact", points: int = DEFAULT_POINTS):
         layer.radial = TabulatedRadial(model.radial, layer.radial, model.r_max, points)
         layer.radial_edge_floats = 2 * layer.conv.weight_numel  # the gathered rows' interpolation, kept per edge
     tabulated.radial = EdgeLength()
+    tabulated.fuse_radial = False
     return tabulated.eval()

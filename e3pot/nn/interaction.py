@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import math
+from typing import List
 
 import torch
 from e3nn import nn as enn
@@ -15,6 +16,22 @@ from e3nn.util.jit import compile_mode
 from torch import Tensor, nn
 
 from e3pot.nn.tensor_product import EdgeTensorProductScatter
+
+
+def radial_scales(network: enn.FullyConnectedNet) -> List[float]:
+    """Per layer of an e3nn ``FullyConnectedNet`` with silu activations, the constant that turns its weight
+    into the matrix of :meth:`Interaction.radial_matrices`: e3nn's 1/sqrt(fan-in) times the previous layer's
+    second-moment normalisation of silu (and its output variance)."""
+    scales, carried = [], 1.0
+    for lin in network:
+        if lin.act is not None:
+            if lin.act.f is not torch.nn.functional.silu:
+                raise ValueError(f"radial network: expected silu activations, got {lin.act.f}")
+            scales.append(carried / math.sqrt(lin.h_in * lin.var_in))
+            carried = (1.0 if lin.act._is_id else lin.act.cst) * math.sqrt(lin.var_out)
+        else:
+            scales.append(carried / math.sqrt(lin.h_in * lin.var_in / lin.var_out))
+    return scales
 
 
 def _reachable(irreps_in: o3.Irreps, irreps_sh: o3.Irreps, ir_out: o3.Irrep) -> bool:
@@ -67,6 +84,7 @@ class Interaction(nn.Module):
                                              norm=1.0 / math.sqrt(avg_num_neighbors))
         radial_widths = radial_layers * [radial_hidden] + [self.conv.weight_numel]
         self.radial = enn.FullyConnectedNet([num_basis] + radial_widths, torch.nn.functional.silu)
+        self.radial_scales = radial_scales(self.radial)
         # per edge, the radial MLP keeps each layer's output and its activation for the backward
         self.radial_edge_floats = 2 * sum(radial_widths)
         self.self_connection = o3.FullyConnectedTensorProduct(
@@ -96,9 +114,27 @@ class Interaction(nn.Module):
         senders (rows indexed by ``sender``) along the edges (``sh``, ``radial``) ending at ``receiver``
         (numbered as the rows of ``h``), then self-connection, gate and residual. The whole graph, or one
         chunk of receiving atoms with the features of its own senders (:mod:`e3pot.model.chunked`)."""
-        message = self.conv(x, sh, self.radial(radial), sender, receiver, h.shape[0])
+        return self.update(h, onehot, x, sh, self.radial(radial), sender, receiver)
+
+    @torch.jit.export
+    def update(self, h: Tensor, onehot: Tensor, x: Tensor, sh: Tensor, weight: Tensor, sender: Tensor,
+               receiver: Tensor) -> Tensor:
+        """:meth:`propagate` with the radial network's output, the per-edge weights (n_edges, conv.weight_numel),
+        given: the potential computes those of all layers at once (:func:`e3pot.nn.radial.fused_radial`)."""
+        message = self.conv(x, sh, weight, sender, receiver, h.shape[0])
         x = self.gate(message + self.self_connection(h, onehot))
         return h[:, self.res_start:self.res_stop] + x if self.resnet else x
+
+    @torch.jit.export
+    def radial_matrices(self) -> List[Tensor]:
+        """The radial network as plain matrices A_0 .. A_n, e3nn's normalisation constants folded in:
+        ``network(b) = silu(... silu(b @ A_0) ...) @ A_n``."""
+        out: List[Tensor] = []
+        i = 0
+        for lin in self.radial:
+            out.append(lin.weight * self.radial_scales[i])
+            i += 1
+        return out
 
     def edge_floats(self) -> int:
         """Numbers per edge that an energy+forces call keeps for its backward (convolution and radial MLP)."""

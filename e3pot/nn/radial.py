@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import math
+from typing import List
 
 import torch
 from e3nn.util.jit import compile_mode
 from torch import Tensor, nn
+from torch.nn.functional import silu
 
 
 @compile_mode("script")
@@ -61,3 +63,21 @@ class RadialEmbedding(nn.Module):
 
     def forward(self, r: Tensor) -> Tensor:  # (n_edges,) -> (n_edges, num_basis)
         return self.basis(r) * self.cutoff(r).unsqueeze(-1)
+
+
+def fused_radial(basis: Tensor, matrices: List[List[Tensor]]) -> List[Tensor]:
+    """The radial networks of all layers at once: per layer k, ``silu(... silu(basis @ A_k0) ...) @ A_kn`` with the
+    matrices of :meth:`~e3pot.nn.interaction.Interaction.radial_matrices` (the same widths up to the last).
+
+    The networks share their input, so the first matrices of all layers run as one batched product, each hidden
+    one as another, and only the last (whose widths differ) layer by layer: the same numbers as the networks one
+    by one, with e3nn's constant factors folded into the matrices instead of multiplied onto every edge.
+    basis (n_edges, num_basis) -> one (n_edges, width_k) per layer."""
+    n_lin = len(matrices[0])
+    if n_lin == 1:
+        widths = [m[0].shape[1] for m in matrices]
+        return torch.split(basis @ torch.cat([m[0] for m in matrices], dim=1), widths, dim=1)
+    h = silu(torch.matmul(basis.unsqueeze(0), torch.stack([m[0] for m in matrices])))  # (n_layers, n_edges, hidden)
+    for i in range(1, n_lin - 1):
+        h = silu(torch.bmm(h, torch.stack([m[i] for m in matrices])))
+    return [h[k] @ matrices[k][n_lin - 1] for k in range(len(matrices))]
