@@ -125,3 +125,20 @@ def test_compiled_training_equals_eager(ethanol_data):
     compiled = e3pot.load_model(str(ethanol_data / "compiled.pt")).state_dict()
     for name in eager:
         torch.testing.assert_close(compiled[name], eager[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_run_logger_writes_each_epoch_and_drops_the_cut_off_one(tmp_path):
+    """The metrics of each epoch are on disk as soon as they are logged (a run killed before Lightning's
+    100-step flush kept none of its history), and a resumed run drops the rows of the epoch that was cut
+    off after its checkpoint, which it logs again."""
+    from e3pot.train.cli import RunLogger
+
+    first = RunLogger(save_dir=str(tmp_path), name="run", version="version_0")
+    for epoch in range(4):
+        first.log_metrics({"epoch": epoch, "train/loss": 1.0 / (epoch + 1)}, step=10 * epoch)
+        assert epochs_logged(first.log_dir) == list(range(epoch + 1))  # no finalize, no save: on disk already
+    resumed = RunLogger(save_dir=str(tmp_path), name="run", version="version_0", through_epoch=1)
+    resumed.log_metrics({"epoch": 2, "train/loss": 0.3}, step=20)
+    with open(os.path.join(resumed.log_dir, "metrics.csv")) as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(int(r["epoch"]), float(r["train/loss"])) for r in rows] == [(0, 1.0), (1, 0.5), (2, 0.3)]

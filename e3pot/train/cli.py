@@ -1,6 +1,7 @@
 """``python train.py --config configs/X.yaml``: LightningCLI with checks, resume and model export."""
 from __future__ import annotations
 
+import csv
 import glob
 import logging
 import os
@@ -11,6 +12,7 @@ from typing import List, Optional
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers.logger import rank_zero_experiment
 
 from e3pot.allocator import tune_allocator
 from e3pot.data.io import DataError
@@ -140,38 +142,58 @@ def check_resume(path: str, module, data) -> None:
                       "values; the optimiser state comes from the checkpoint):\n" + "\n".join(lines))
 
 
-class ContinuedCSVLogger(CSVLogger):
-    """A CSV logger that appends to the metrics file of the folder it continues (Lightning's own
-    deletes that file)."""
+class RunLogger(CSVLogger):
+    """The CSV logger of a run: writes each epoch's metrics to ``metrics.csv`` as they are logged (Lightning's
+    keeps 100 steps in memory, which a killed run loses), and, for a resumed run, goes on in the metrics file
+    of the folder it continues (Lightning's own deletes that file), without the rows of the epoch that was
+    cut off after the checkpoint (they are logged again)."""
+
+    def __init__(self, *args, through_epoch: Optional[int] = None, **kwargs):
+        super().__init__(*args, flush_logs_every_n_steps=1, **kwargs)  # only epoch-level metrics reach it
+        self.through_epoch = through_epoch
 
     @property
+    @rank_zero_experiment  # one process reads and writes the file; the others get a no-op
     def experiment(self):
-        if self._experiment is not None:
-            return self._experiment
+        if self._experiment is not None or self.through_epoch is None:
+            return super().experiment
         path = os.path.join(self.log_dir, "metrics.csv")
-        saved = open(path).read() if os.path.isfile(path) else ""
+        saved = []
+        if os.path.isfile(path):
+            with open(path, newline="") as fh:
+                reader = csv.DictReader(fh)
+                keys = list(reader.fieldnames or [])
+                saved = [row for row in reader if not row.get("epoch") or float(row["epoch"]) <= self.through_epoch]
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
             experiment = super().experiment
         if saved:
-            with open(path, "w") as fh:
-                fh.write(saved)
-            experiment.metrics_keys = saved.splitlines()[0].split(",")
+            with open(path, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=keys)
+                writer.writeheader()
+                writer.writerows(saved)
+            experiment.metrics_keys = keys
         return experiment
 
 
-def continue_run_folder(trainer, checkpoint: str) -> None:
-    """Log a resumed run into the version folder its checkpoint came from, not a new one: the metrics go
-    on in the same file and the checkpoint callback finds its own folder again, so it keeps its best
-    score and best checkpoints (Lightning forgets them when the folder changes)."""
+def use_run_logger(trainer, checkpoint: Optional[str]) -> None:
+    """Swap Lightning's CSV logger for :class:`RunLogger` with the same settings. A resumed run logs into the
+    version folder its checkpoint came from, not a new one: the metrics go on in the same file and the
+    checkpoint callback finds its own folder again, so it keeps its best score and best checkpoints (Lightning
+    forgets them when the folder changes)."""
     logger = trainer.logger
-    folder = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))  # <save_dir>/<name>/version_N
-    if not isinstance(logger, CSVLogger) or os.path.basename(os.path.dirname(os.path.abspath(checkpoint))) != "checkpoints":
+    if type(logger) is not CSVLogger:
         return
-    root = os.path.abspath(os.path.join(logger.save_dir, logger.name))
-    if os.path.dirname(folder) != root:  # a checkpoint of another run: a new version folder, as before
-        return
-    trainer.loggers = [ContinuedCSVLogger(save_dir=logger.save_dir, name=logger.name, version=os.path.basename(folder))]
+    version, through = getattr(logger, "_version", None), None
+    if checkpoint is not None and os.path.basename(os.path.dirname(os.path.abspath(checkpoint))) == "checkpoints":
+        folder = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))  # <save_dir>/<name>/version_N
+        if os.path.dirname(folder) == os.path.abspath(os.path.join(logger.save_dir, logger.name)):
+            import torch
+
+            version = os.path.basename(folder)
+            through = int(torch.load(checkpoint, map_location="cpu", weights_only=False).get("epoch", -1))
+    trainer.loggers = [RunLogger(save_dir=logger.save_dir, name=logger.name, version=version,
+                                 prefix=getattr(logger, "_prefix", ""), through_epoch=through)]
 
 
 def check_finite_weights(model) -> None:
@@ -279,7 +301,7 @@ def main(args: Optional[List[str]] = None, prog: Optional[str] = None) -> str:
         raise FileNotFoundError(f"--resume: no such checkpoint: {resume}")
     if resume is not None:
         check_resume(resume, module, data)
-        continue_run_folder(trainer, resume)
+    use_run_logger(trainer, resume)
     # the model file: --output, or model.pt in the run's folder (a resumed run's old folder, or the
     # working folder without a logger); checked like any output before training starts
     output = cli.config.get("output") or os.path.join(trainer.log_dir or ".", "model.pt")
