@@ -67,17 +67,22 @@ class RadialEmbedding(nn.Module):
 
 def fused_radial(basis: Tensor, matrices: List[List[Tensor]]) -> List[Tensor]:
     """The radial networks of all layers at once: per layer k, ``silu(... silu(basis @ A_k0) ...) @ A_kn`` with the
-    matrices of :meth:`~e3pot.nn.interaction.Interaction.radial_matrices` (the same widths up to the last).
+    matrices of :meth:`~e3pot.nn.interaction.Interaction.radial_matrices`.
 
-    The networks share their input, so the first matrices of all layers run as one batched product, each hidden
-    one as another, and only the last (whose widths differ) layer by layer: the same numbers as the networks one
-    by one, with e3nn's constant factors folded into the matrices instead of multiplied onto every edge.
+    The networks share their input, so their first matrices run as one product (n_edges x num_basis) times
+    (num_basis x sum of the first widths) with one activation over the result; the later matrices run layer by
+    layer on column blocks of it. The same numbers as the networks one by one, with e3nn's constant factors
+    folded into the matrices instead of multiplied onto every edge. (A batched product over the layers was slower
+    on the CPU for large graphs: its backward writes full-size zero gradients per layer.)
     basis (n_edges, num_basis) -> one (n_edges, width_k) per layer."""
     n_lin = len(matrices[0])
+    widths = [m[0].shape[1] for m in matrices]
+    first = basis @ torch.cat([m[0] for m in matrices], dim=1)
     if n_lin == 1:
-        widths = [m[0].shape[1] for m in matrices]
-        return torch.split(basis @ torch.cat([m[0] for m in matrices], dim=1), widths, dim=1)
-    h = silu(torch.matmul(basis.unsqueeze(0), torch.stack([m[0] for m in matrices])))  # (n_layers, n_edges, hidden)
-    for i in range(1, n_lin - 1):
-        h = silu(torch.bmm(h, torch.stack([m[i] for m in matrices])))
-    return [h[k] @ matrices[k][n_lin - 1] for k in range(len(matrices))]
+        return list(torch.split(first, widths, dim=1))
+    out: List[Tensor] = []
+    for k, h in enumerate(torch.split(silu(first), widths, dim=1)):
+        for i in range(1, n_lin - 1):
+            h = silu(h @ matrices[k][i])
+        out.append(h @ matrices[k][n_lin - 1])
+    return out
