@@ -102,3 +102,22 @@ def test_large_systems_smoke(tmp_path, capsys):
     assert all(r["peak_rss_gib"] > 0 and r["step_s"]["median_s"] > 0 for r in out["rows"])
     assert [m["neighbor_list_builds"] for m in out["md"]] == [4, 1]  # fresh list at every call, then one build
     assert json.loads((tmp_path / "large.json").read_text())["rows"][0]["n_atoms"] == 192
+
+
+def test_gpu_scripts_refuse_a_machine_without_a_gpu(tmp_path):
+    """benchmarks/gpu.sh and gpu_profile.py stop at once, with a message, when there is no GPU to measure."""
+    import shutil
+    import subprocess
+
+    import torch
+
+    if shutil.which("nvidia-smi") or torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu.sh")], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "E3POT_GPU_ENV": str(tmp_path / "venv")})
+    assert out.returncode == 2 and "nvidia-smi not found" in out.stderr and "nothing was run" in out.stderr
+    assert not (tmp_path / "venv").exists()
+    import gpu_profile
+
+    with pytest.raises(SystemExit, match="not a usable CUDA device"):
+        gpu_profile.main(["--device", "cpu"])
