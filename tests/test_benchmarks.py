@@ -121,3 +121,15 @@ def test_gpu_scripts_refuse_a_machine_without_a_gpu(tmp_path):
 
     with pytest.raises(SystemExit, match="not a usable CUDA device"):
         gpu_profile.main(["--device", "cpu"])
+
+
+@pytest.mark.slow
+def test_shared_machine_smoke(tmp_path, capsys):
+    import shared_machine
+
+    out = shared_machine.main(["--size", "768", "--preset", "tiny", "--reps", "1", "--settings", "2x1p",
+                               "--out", str(tmp_path / "shared.json")])
+    (row,) = out["rows"]
+    assert row["jobs"] == 2 and row["threads"] == 1 and row["passive"] and len(row["ms_per_atom"]) == 2
+    assert all(x > 0 for x in row["ms_per_atom"]) and row["throughput_atoms_per_s"] > 0
+    assert "| 2 × 1 | PASSIVE |" in capsys.readouterr().out
