@@ -2,7 +2,7 @@
 # A day with a CUDA GPU, in one command: set up a virtual environment with torch's CUDA build, e3pot[test,cueq]
 # and cuEquivariance's CUDA kernels; run the GPU tests; time e3pot with each kernel backend of the edge
 # convolution (benchmarks/speed.py --device cuda --kernels torch cueq), profile one aspirin call
-# (benchmarks/gpu_profile.py: GPU kernel time against wall time) and, where their scripts can run on a GPU,
+# (benchmarks/profile_call.py: GPU kernel time against wall time) and, where their scripts can run on a GPU,
 # the peers of ../shared/peers; write everything to benchmarks/results/gpu.md (and speed_gpu.json/.md).
 #
 #   bash benchmarks/gpu.sh
@@ -86,9 +86,9 @@ say "speed.py on the GPU (log: $LOGS/speed.log)"
   || { tail -n 30 "$LOGS/speed.log" >&2; fail "benchmarks/speed.py failed; see $LOGS/speed.log"; }
 
 # -- where the time of one call goes: wall time against GPU kernel time, launches, host-side operators
-say "gpu_profile.py (log: $LOGS/profile.log)"
-"$py" benchmarks/gpu_profile.py --data-dir "$DATA_DIR" --out "$RESULTS/gpu_profile.json" > "$LOGS/profile.log" 2>&1 \
-  || say "benchmarks/gpu_profile.py failed; see $LOGS/profile.log"
+say "profile_call.py (log: $LOGS/profile.log)"
+"$py" benchmarks/profile_call.py --data-dir "$DATA_DIR" --out "$RESULTS/gpu_profile.json" > "$LOGS/profile.log" 2>&1 \
+  || say "benchmarks/profile_call.py failed; see $LOGS/profile.log"
 
 # -- the peers, where their scripts take a device: NequIP (with its cuEquivariance or OpenEquivariance
 #    kernels, when the script has an option for them) and MACE (with --enable_cueq when the script has it)

@@ -105,7 +105,7 @@ def test_large_systems_smoke(tmp_path, capsys):
 
 
 def test_gpu_scripts_refuse_a_machine_without_a_gpu(tmp_path):
-    """benchmarks/gpu.sh and gpu_profile.py stop at once, with a message, when there is no GPU to measure."""
+    """benchmarks/gpu.sh and profile_call.py --device cuda stop at once, with a message, when there is no GPU."""
     import shutil
     import subprocess
 
@@ -117,10 +117,21 @@ def test_gpu_scripts_refuse_a_machine_without_a_gpu(tmp_path):
                          timeout=60, env={**os.environ, "E3POT_GPU_ENV": str(tmp_path / "venv")})
     assert out.returncode == 2 and "nvidia-smi not found" in out.stderr and "nothing was run" in out.stderr
     assert not (tmp_path / "venv").exists()
-    import gpu_profile
+    import profile_call
 
-    with pytest.raises(SystemExit, match="not a usable CUDA device"):
-        gpu_profile.main(["--device", "cpu"])
+    with pytest.raises(SystemExit, match="torch sees no CUDA GPU here"):
+        profile_call.main(["--device", "cuda", "--out", str(tmp_path / "p.json")])
+
+
+def test_profile_call_on_the_cpu(tmp_path, capsys):
+    import profile_call
+
+    profile_call.main(["--device", "cpu", "--preset", "tiny", "--kernels", "torch", "--reps", "2", "--calls", "1",
+                       "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "p.json")])
+    text = capsys.readouterr().out
+    assert "| torch |" in text and "Operators, torch kernels (1 calls, by self CPU time)" in text
+    (row,) = json.loads((tmp_path / "p.json").read_text())["results"]["rows"]
+    assert row["kernels"] == "torch" and row["wall_ms"] > 0
 
 
 @pytest.mark.slow
