@@ -16,7 +16,6 @@ import argparse
 import io
 import os
 import sys
-import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -31,30 +30,22 @@ from e3pot.model.forces import evaluate  # noqa: E402
 LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
 
 
-def profile_case(model, graph, reps: int, cuda: bool, n: int = 5) -> dict:
+def profile_case(model, graph, reps: int, device: str, n: int = 5) -> dict:
     """Wall ms/call (median of ``reps`` timed calls), GPU kernel ms/call, launches/call and the operator table
     of ``n`` profiled calls."""
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    for _ in range(min(5, reps)):
-        evaluate(model, graph)
-    sync()
-    walls = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        evaluate(model, graph)
-        sync()
-        walls.append(time.perf_counter() - t0)
+    cuda = device.startswith("cuda")
+    call = speed.synced(lambda: evaluate(model, graph), device)
+    wall_ms = speed.timeit(call, reps, min(5, reps))["median_s"] * 1e3
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         for _ in range(n):
-            evaluate(model, graph)
-        sync()
+            call()
     events = prof.key_averages()
     if not cuda:
-        return {"wall_ms": sorted(walls)[len(walls) // 2] * 1e3,
+        return {"wall_ms": wall_ms,
                 "table": events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=45)}
     gpu_us = sum(e.self_device_time_total for e in events  # the kernels themselves, as the table's footer counts them
                  if e.device_type == torch.autograd.DeviceType.CUDA and not e.is_user_annotation)
-    return {"wall_ms": sorted(walls)[len(walls) // 2] * 1e3, "gpu_ms": gpu_us / n / 1e3,
+    return {"wall_ms": wall_ms, "gpu_ms": gpu_us / n / 1e3,
             "launches": sum(e.count for e in events if e.key in LAUNCHES) / n,
             "table": events.table(sort_by="cpu_time_total", row_limit=15, max_name_column_width=45)}
 
@@ -92,7 +83,7 @@ def main(argv=None) -> None:
     tables = []
     for kernels in args.kernels:
         model = speed.prepared(speed.build(args.preset, getattr(torch, args.dtype)), args.device, kernels)
-        r = profile_case(model, speed.graph_of([atoms], model), args.reps, cuda, args.calls)
+        r = profile_case(model, speed.graph_of([atoms], model), args.reps, args.device, args.calls)
         rows.append({"kernels": kernels, **{k: v for k, v in r.items() if k != "table"}})
         if cuda:
             print(f"| {kernels} | {r['wall_ms']:.2f} | {r['gpu_ms']:.2f} | {r['gpu_ms'] / r['wall_ms']:.0%} | "
