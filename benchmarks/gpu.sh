@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A day with a CUDA GPU, in one command: set up a virtual environment with torch's CUDA build, e3pot[test,cueq]
 # and cuEquivariance's CUDA kernels; run the GPU tests; time e3pot with each kernel backend of the edge
-# convolution (benchmarks/speed.py --device cuda --kernels torch cueq), profile one aspirin call
+# convolution (benchmarks/speed.py --device cuda --kernels torch cueq), profile one call on aspirin and the water box
 # (benchmarks/profile_call.py: GPU kernel time against wall time) and, where their scripts can run on a GPU,
 # the peers of ../shared/peers; write everything to benchmarks/results/gpu.md (and speed_gpu.json/.md).
 #
@@ -85,10 +85,12 @@ say "speed.py on the GPU (log: $LOGS/speed.log)"
   --reps "$REPS" --water-reps "$REPS" --threads "$THREADS" --data-dir "$DATA_DIR" --out "$RESULTS/speed_gpu.json" > "$LOGS/speed.log" 2>&1 \
   || { tail -n 30 "$LOGS/speed.log" >&2; fail "benchmarks/speed.py failed; see $LOGS/speed.log"; }
 
-# -- where the time of one call goes: wall time against GPU kernel time, launches, host-side operators
+# -- where the time of one call goes (aspirin, then the water box): wall time against GPU kernel time, launches, host-side operators
 say "profile_call.py (log: $LOGS/profile.log)"
-"$py" benchmarks/profile_call.py --data-dir "$DATA_DIR" --out "$RESULTS/gpu_profile.json" > "$LOGS/profile.log" 2>&1 \
-  || say "benchmarks/profile_call.py failed; see $LOGS/profile.log"
+for case in aspirin:gpu_profile water:gpu_profile_water; do
+  "$py" benchmarks/profile_call.py --structure "${case%%:*}" --data-dir "$DATA_DIR" --out "$RESULTS/${case#*:}.json" \
+    >> "$LOGS/profile.log" 2>&1 || say "benchmarks/profile_call.py --structure ${case%%:*} failed; see $LOGS/profile.log"
+done
 
 # -- the peers, where their scripts take a device: NequIP (with its cuEquivariance or OpenEquivariance
 #    kernels, when the script has an option for them) and MACE (with --enable_cueq when the script has it)
@@ -176,7 +178,7 @@ if peer_note.strip():
     lines += ["", f"Peers: {peer_note.strip()}"]
 lines += ["", "Parts as in benchmarks/speed.py: (a) energy+forces of aspirin, batch 1 and 32; (b) the 768-atom water box; "
           "(c) one training step on 5 aspirins; (d) one ASE MD step. Medians; CUDA synchronised after each call. "
-          "Full e3pot table: speed_gpu.md; where the time of one aspirin call goes: gpu_profile.md; logs: gpu-logs/."]
+          "Full e3pot table: speed_gpu.md; where the time of one call goes: gpu_profile.md (aspirin), gpu_profile_water.md; logs: gpu-logs/."]
 with open(os.path.join(folder, "gpu.md"), "w") as fh:
     fh.write("\n".join(lines) + "\n")
 print("\n".join(lines))
