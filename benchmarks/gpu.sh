@@ -12,7 +12,7 @@
 # dependencies and cuEquivariance (a machine without internet access): used as it is, nothing installed, and
 # e3pot imported from this checkout [unset]; DATA_DIR, the folder of aspirin.xyz and water_box.xyz [$PEERS/data];
 # PYTHON, the interpreter that makes it [python3]; TORCH_VERSION [2.13.0]; CUEQ_OPS, the package of
-# cuEquivariance's CUDA kernels [cuequivariance-ops-torch-cu12]; PRESETS [matched paper]; DTYPES
+# cuEquivariance's CUDA kernels [cuequivariance-ops-torch-cu12 or -cu13, after the CUDA of the torch installed]; PRESETS [matched paper]; DTYPES
 # [float32 float64]; PARTS of speed.py [abcd]; REPS [20]; THREADS, CPU threads [4]; PEERS [../shared/peers];
 # CPU_TESTS, 0 to leave out the CPU equivalence tests (CI runs them) when GPU time is short [1].
 # Exits 2, having run nothing, on a machine without an NVIDIA GPU.
@@ -28,7 +28,6 @@ nvidia-smi -L 2>/dev/null | grep -q GPU || fail "nvidia-smi lists no GPU; nothin
 
 ENV_DIR=${E3POT_GPU_ENV:-build/venv-gpu}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
-CUEQ_OPS=${CUEQ_OPS:-cuequivariance-ops-torch-cu12}
 PRESETS=${PRESETS:-matched paper}
 DTYPES=${DTYPES:-float32 float64}
 PARTS=${PARTS:-abcd}
@@ -54,6 +53,8 @@ else
   hold=$(mktemp)
   trap 'rm -f "$hold"' EXIT
   "$py" -c 'import torch; print(f"torch=={torch.__version__}")' > "$hold"
+  cuda_major=$("$py" -c 'import torch; print((torch.version.cuda or "12").split(".")[0])')
+  CUEQ_OPS=${CUEQ_OPS:-cuequivariance-ops-torch-cu$cuda_major}
   "$py" -m pip install -q -c "$hold" -e ".[test,cueq]" "$CUEQ_OPS"
 fi
 "$py" - <<'PY' || fail "torch of $py cannot use the GPU (a CPU build, or a driver too old for its CUDA)"

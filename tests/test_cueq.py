@@ -32,7 +32,7 @@ TOL = 1e-10  # float64, model level
 KINDS = {"e3": dict(parity=True), "e3-no-parity": dict(parity=False), "invariant": dict(l_max=0), "cartesian": {}}
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 cuda_kernels = pytest.mark.skipif(not (torch.cuda.is_available() and ops_available()),
-                                  reason="needs a CUDA GPU and cuequivariance-ops-torch-cu12")
+                                  reason="needs a CUDA GPU and cuequivariance-ops-torch-cu12 (or -cu13)")
 
 
 def tiny(kind: str, **kwargs):

@@ -29,7 +29,8 @@ from e3pot.model.base import Runtime
 from e3pot.nn.tensor_product import EdgeTensorProductScatter
 
 KERNELS = ("torch", "cueq", "auto")
-INSTALL = "pip install 'e3pot[cueq]' (cuequivariance-torch; on a GPU also cuequivariance-ops-torch-cu12)"
+INSTALL = ("pip install 'e3pot[cueq]' (cuequivariance-torch; on a GPU also cuequivariance-ops-torch-cu12, "
+           "or -cu13 for CUDA 13)")
 
 
 def check_kernels(kernels: str, compile: bool = False) -> str:
