@@ -61,12 +61,8 @@ def main(argv=None) -> dict:
              "|---|---|---|---|---|"]
     lines += [f"| {r['case']} | {r['atoms']} | {r['fused_s'] * 1e3:.1f} | {r['separate_s'] * 1e3:.1f} | "
               f"{r['separate_s'] / r['fused_s']:.3f} |" for r in rows]
-    text = "\n".join(lines)
-    print(text)
     result = {"preset": args.preset, "dtype": args.dtype, "threads": args.threads, "rows": rows}
-    if args.out:
-        name, folder = bench_results.split_out(args.out)
-        bench_results.write(name, result, text, folder=folder, merge=True)
+    bench_results.write_out(args.out, result, "\n".join(lines))
     return result
 
 

@@ -88,6 +88,15 @@ def split_out(path: str):
     return os.path.splitext(os.path.basename(path))[0], os.path.dirname(os.path.abspath(path))
 
 
+def write_out(out: Optional[str], results: Dict[str, Any], table: str) -> None:
+    """Print ``table`` and, unless ``out`` is empty, write ``results`` (a dict, merged next to the provenance) to
+    the ``--out`` JSON path and ``table`` beside it as markdown."""
+    print(table)
+    if out:
+        name, folder = split_out(out)
+        write(name, results, table, folder=folder, merge=True)
+
+
 def write(name: str, results: Any, table: str = "", folder: Optional[str] = None,
           command: Optional[str] = None, merge: bool = False) -> str:
     """Write ``<folder>/<name>.json`` (results with provenance) and, given a table, ``<name>.md``.

@@ -75,12 +75,8 @@ def main(argv=None) -> dict:
         lines.append(f"| {r['jobs']} × {r['threads']} | {'PASSIVE' if r['passive'] else 'default'} | "
                      f"{', '.join(f'{x:.2f}' for x in r['ms_per_atom'])} (median {statistics.median(r['ms_per_atom']):.2f}) | "
                      f"{r['throughput_atoms_per_s']:.0f} | {r['throughput_atoms_per_s'] / base:.2f}× |")
-    text = "\n".join(lines)
-    print(text)
     result = {"size": args.size, "mode": args.mode, "preset": args.preset, "dtype": args.dtype, "rows": rows}
-    if args.out:
-        name, folder = bench_results.split_out(args.out)
-        bench_results.write(name, result, text, folder=folder, merge=True)
+    bench_results.write_out(args.out, result, "\n".join(lines))
     return result
 
 

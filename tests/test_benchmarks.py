@@ -144,3 +144,14 @@ def test_shared_machine_smoke(tmp_path, capsys):
     assert row["jobs"] == 2 and row["threads"] == 1 and row["passive"] and len(row["ms_per_atom"]) == 2
     assert all(x > 0 for x in row["ms_per_atom"]) and row["throughput_atoms_per_s"] > 0
     assert "| 2 × 1 | PASSIVE |" in capsys.readouterr().out
+
+
+def test_radial_fusion_smoke(tmp_path, capsys):
+    import radial_fusion
+
+    out = radial_fusion.main(["--preset", "tiny", "--reps", "2", "--data-dir", str(tmp_path / "none"),
+                              "--out", str(tmp_path / "rf.json")])
+    assert [r["case"] for r in out["rows"]] == ["aspirin, batch 1", "water box"]
+    assert all(r["fused_s"] > 0 and r["separate_s"] > 0 for r in out["rows"])
+    assert "| water box |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "rf.json").read_text())["rows"][0]["reps"] == 2
