@@ -61,9 +61,13 @@ def main(argv=None) -> None:
     p.add_argument("--calls", type=int, default=5, help="calls under the profiler")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     p.add_argument("--data-dir", default=os.path.join("..", "shared", "peers", "data"))
-    p.add_argument("--out", default=os.path.join("benchmarks", "results", "gpu_profile.json"))
+    p.add_argument("--out", help="JSON path (default: benchmarks/results/gpu_profile[_water].json on a GPU, "
+                                 "profile_cpu_<structure>.json on the CPU, so that a CPU run never replaces GPU results)")
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")
+    if args.out is None:
+        name = ("gpu_profile" + ("_water" if args.structure == "water" else "")) if cuda else f"profile_cpu_{args.structure}"
+        args.out = os.path.join("benchmarks", "results", name + ".json")
     if cuda and not torch.cuda.is_available():
         sys.exit(f"profile_call.py: --device {args.device}: torch sees no CUDA GPU here (a CPU build of torch, or no "
                  f"GPU); use --device cpu to profile on the CPU")
