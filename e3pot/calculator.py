@@ -2,6 +2,7 @@
 ensemble (which also give their uncertainty)."""
 from __future__ import annotations
 
+import numbers
 import os
 from typing import List, Optional
 
@@ -12,6 +13,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from e3pot.allocator import tune_allocator
 from e3pot.data.graph import collate
 from e3pot.data.neighbors import SpeciesMap, VerletList, atoms_to_graph
+from e3pot.files import append_extxyz, check_append_output
 from e3pot.model.chunked import check_budget, warn_if_not_chunkable
 from e3pot.model.compiled import CompiledModel
 from e3pot.model.ensemble import Committee, describe, has_uncertainty
@@ -87,16 +89,28 @@ class E3PotCalculator(Calculator):
                  flagged_file: Optional[str] = None, stop_when_uncertain: bool = False, radial: Optional[str] = None,
                  **kwargs):
         super().__init__(**kwargs)
+        for name, value in (("compile", compile), ("stop_when_uncertain", stop_when_uncertain)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be True or False, got {value!r}")
         check_kernels(kernels, compile)
         if radial is not None:
             check_radial(radial, compile)
         check_budget(memory_budget)  # memory_budget, and E3POT_MEMORY_BUDGET whether or not it is used
-        if not skin >= 0:
-            raise ValueError(f"skin must be >= 0 Å, got {skin}")
+        skin = _number("skin", skin, "Å", lambda v: v >= 0, ">= 0")
         if threads is not None:
             if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
                 raise ValueError(f"threads must be a positive integer, got {threads!r}")
             torch.set_num_threads(threads)
+        if uncertainty_threshold is not None:
+            uncertainty_threshold = _number("uncertainty_threshold", uncertainty_threshold, "eV/Å", lambda v: v > 0,
+                                            "> 0 (a force uncertainty)")
+        elif stop_when_uncertain or flagged_file is not None:
+            raise ValueError("stop_when_uncertain and flagged_file need an uncertainty_threshold (eV/Å)")
+        if flagged_file is not None:
+            if not isinstance(flagged_file, (str, os.PathLike)):
+                raise TypeError(f"flagged_file must be a file name, got {flagged_file!r}")
+            # refused before any model is loaded or step is run: never a model or other input, never mid-run
+            flagged_file = check_append_output(flagged_file, "flagged_file", inputs=_paths(model))
         self.device = check_device(device)
         if self.device.type == "cpu":
             tune_allocator()
@@ -109,20 +123,12 @@ class E3PotCalculator(Calculator):
         first = self.model.members[0] if isinstance(self.model, Committee) else self.model
         warn_if_not_chunkable(first.model if isinstance(first, CompiledModel) else first, memory_budget)
         self.uncertain = has_uncertainty(self.model)
-        if uncertainty_threshold is not None:
-            if not self.uncertain:
-                raise ValueError(f"uncertainty_threshold needs a model with an uncertainty, but {describe(self.model)} "
-                                 "has none: give a list of model files (a committee) or a model trained with "
-                                 "model.heads > 1 (a shallow ensemble)")
-            if not uncertainty_threshold > 0:
-                raise ValueError(f"uncertainty_threshold must be a positive force uncertainty in eV/Å, got "
-                                 f"{uncertainty_threshold}")
-        elif stop_when_uncertain or flagged_file:
-            raise ValueError("stop_when_uncertain and flagged_file need an uncertainty_threshold (eV/Å)")
-        if flagged_file is not None and os.path.isdir(flagged_file):
-            raise ValueError(f"flagged_file {flagged_file} is a folder; give an extended XYZ file to append to")
+        if uncertainty_threshold is not None and not self.uncertain:
+            raise ValueError(f"uncertainty_threshold needs a model with an uncertainty, but {describe(self.model)} "
+                             "has none: give a list of model files (a committee) or a model trained with "
+                             "model.heads > 1 (a shallow ensemble)")
         self.uncertainty_threshold = uncertainty_threshold
-        self.flagged_file = None if flagged_file is None else os.fspath(flagged_file)
+        self.flagged_file = flagged_file
         self.stop_when_uncertain = stop_when_uncertain
         self.flagged: List = []
         self._calls = 0
@@ -193,11 +199,25 @@ class E3PotCalculator(Calculator):
         self.flagged.append(flagged)
         where = ""
         if self.flagged_file is not None:
-            import ase.io
-
-            ase.io.write(self.flagged_file, flagged, format="extxyz", append=True)
+            append_extxyz(self.flagged_file, flagged)
             where = f"; saved to {self.flagged_file}"
         if self.stop_when_uncertain:
             raise UncertainStructure(
                 f"force uncertainty {worst:.3f} eV/Å on atom {atom} ({flagged.get_chemical_symbols()[atom]}) passed "
                 f"the threshold {self.uncertainty_threshold} eV/Å at call {self._calls}{where}", flagged, worst, atom)
+
+
+def _number(name: str, value, unit: str, ok, rule: str) -> float:
+    """``value`` as a float when it is a real number (not a bool or a string) that passes ``ok``; else an error
+    naming the option."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number in {unit}, got {value!r} ({type(value).__name__})")
+    if not ok(float(value)):
+        raise ValueError(f"{name} must be {rule} {unit}, got {value!r}")
+    return float(value)
+
+
+def _paths(model) -> List[str]:
+    """The file paths among the models given (one, or a committee's list), for the files rule."""
+    models = model if isinstance(model, (list, tuple)) else [model]
+    return [os.fspath(m) for m in models if isinstance(m, (str, os.PathLike))]

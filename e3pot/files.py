@@ -110,3 +110,49 @@ def write_text(path: str, text: str) -> str:
         fh.write(text)
     return path
 
+
+
+APPEND_SUFFIXES = (".xyz", ".extxyz")
+
+
+def check_append_output(path, option: str, *, inputs: Sequence[str] = ()) -> str:
+    """Refuse ``path`` as an extended XYZ file that structures are appended to (never truncated) when the rule
+    above forbids it or its name or content says another format; return it as a string.
+
+    Checked once, before any work: the path is not an input, its folder exists and can be written, its name
+    ends in ``.xyz`` or ``.extxyz`` (the format follows the name), and a file already there is extended XYZ
+    text (so that frames are never appended to a model, a binary trajectory or a database).
+    """
+    path = os.fspath(path)
+    if not path:
+        raise OutputError(f"{option}: an empty file name")
+    for source in inputs:
+        if source and same_file(path, source):
+            raise OutputError(f"{option} {path} is also an input ({source}); give the structures another file")
+    if os.path.isdir(path):
+        raise OutputError(f"{option} {path} is a folder; give an extended XYZ file (for example "
+                          f"{os.path.join(path, 'flagged.xyz')})")
+    if not path.lower().endswith(APPEND_SUFFIXES):
+        raise OutputError(f"{option} {path}: structures are appended as extended XYZ, which keeps their per-atom "
+                          "predictions and uncertainties; give a name ending in .xyz or .extxyz")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise OutputError(f"{option} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise OutputError(f"{option} {path}: cannot write there (permission denied)")
+    if os.path.isfile(path) and os.path.getsize(path) > 0:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+        first = head.split(b"\n", 1)[0].strip()
+        if b"\0" in head or not first.isdigit():
+            raise OutputError(f"{option} {path} exists and is not an extended XYZ file (its first line is not an "
+                              "atom count); structures are appended to it, so give a new name or an extended XYZ file")
+    return path
+
+
+def append_extxyz(path: str, atoms) -> None:
+    """Append one structure (with its ``info`` and ``arrays``) to the extended XYZ file ``path``, checked by
+    :func:`check_append_output`."""
+    import ase.io
+
+    ase.io.write(path, atoms, format="extxyz", append=True)
