@@ -225,3 +225,12 @@ def test_export_format_options(tmp_path, capsys):
         assert export_main([model_path, "-o", str(tmp_path / "m.pt2"), "--device", "cuda"]) == 2
         assert "CUDA is not available" in capsys.readouterr().err
     assert not any(os.path.exists(tmp_path / name) for name in ("m.pt2", "m.ts", "m.bin"))
+
+
+def test_a_memory_budget_warning_names_the_package_not_the_kind(package):
+    """The package, not the model kind (e3, which is chunkable), is what runs in one piece."""
+    _, _, path = package
+    with pytest.warns(UserWarning, match="AOTInductor package") as caught:
+        E3PotCalculator(path, memory_budget=1.0)
+    message = str(caught[0].message)
+    assert "a model of kind" not in message and path in message

@@ -307,6 +307,10 @@ class AotiModel(Runtime):
 
     energy_model = None  # never evaluated in chunks
 
+    def one_piece_reason(self) -> str:
+        return (f"an AOTInductor package ({self.path}) holds one compiled call and cannot be evaluated in chunks, "
+                "whatever the model kind (the model file or a TorchScript export can be)")
+
     def __init__(self, path: str, device: str | torch.device = "cpu"):
         info = read_metadata(path)
         if info is None:

@@ -102,3 +102,8 @@ class Runtime:
     def chunk_sizes(self) -> Optional[List[Tuple[int, int]]]:
         """As :meth:`EnergyModel.chunk_sizes`, for :attr:`energy_model`; None when it is not evaluated in chunks."""
         raise NotImplementedError
+
+    def one_piece_reason(self) -> Optional[str]:
+        """Why this runtime, rather than its model kind, evaluates every structure in one piece (for messages);
+        None when the kind decides."""
+        return None

@@ -207,7 +207,8 @@ def _one_piece_reason(model) -> str:
     if isinstance(model, ExportedModel) and model.written_without_sizes:
         return (f"this exported model (kind {model_kind(model)!r}) was written by an earlier e3pot without the sizes "
                 "that chunked evaluation needs (export it again: the export of a chunkable kind carries them)")
-    return f"a model of kind {model_kind(model)!r} cannot be evaluated in chunks"
+    reason = model.one_piece_reason() if isinstance(model, Runtime) else None
+    return reason or f"a model of kind {model_kind(model)!r} cannot be evaluated in chunks"
 
 
 _WARNED: "weakref.WeakSet" = weakref.WeakSet()
