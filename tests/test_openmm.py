@@ -1,11 +1,14 @@
 """e3pot in OpenMM through openmm-ml (e3pot/openmm.py): MLPotential("e3pot", model=...) gives the energy and
-forces of E3PotCalculator on the same atoms (molecule, periodic cell, ML atoms of an ML/MM system), names
-the elements that the model does not know, and the examples of docs/openmm.md run as pasted.
+forces of E3PotCalculator on the same atoms (molecule, periodic cell, ML atoms of an ML/MM system, a committee),
+names the elements that the model does not know, refuses the options it would ignore, reports a model that a
+saved or copied System cannot load again instead of crashing, and the examples of docs/openmm.md run as pasted.
 
 Skipped without openmm and openmmml (the extra e3pot[openmm]; the test extra installs them)."""
 import os
+import pickle
 import re
 import runpy
+import subprocess
 import sys
 
 import numpy as np
@@ -23,7 +26,8 @@ from ase.data import covalent_radii  # noqa: E402
 
 from e3pot.calculator import E3PotCalculator  # noqa: E402
 from e3pot.model.io import load_model, save_model  # noqa: E402
-from e3pot.openmm import EV_TO_KJ_PER_MOL, E3PotPotentialImpl  # noqa: E402
+from e3pot.openmm import (EV_TO_KJ_PER_MOL, E3PotPotentialImpl, ModelReloadWarning, OpenMMEvaluator,  # noqa: E402
+                          calculator_options)
 from tests.conftest import SPECIES, make_model  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,6 +65,44 @@ ETHANOL_XML = """<ForceField>
 """
 # the examples of docs/openmm.md run with fewer steps; everything else as written
 DOC_SHORT = {"simulation.step(1000)": "simulation.step(10)"}
+# A System whose e3pot force cannot load its model again, read back by OpenMM, in a process of its own: OpenMM
+# unpickles the force's function in C++ and crashed (signal 11) when that raised. Run in a folder with models/a.pt,
+# models/b.pt and an empty folder elsewhere/; prints one line per case.
+RELOAD_SCRIPT = """
+import copy, os, shutil, warnings
+import openmm
+from ase.build import molecule
+from openmm import app
+from openmmml import MLPotential
+from e3pot.openmm import ModelReloadWarning
+
+atoms = molecule("CH3CH2OH")
+topology = app.Topology()
+residue = topology.addResidue("MOL", topology.addChain())
+for z in atoms.numbers:
+    topology.addAtom("X", app.Element.getByAtomicNumber(int(z)), residue)
+
+def energy(system):
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(atoms.positions * 0.1)
+    try:
+        return context.getState(getEnergy=True).getPotentialEnergy()._value
+    except openmm.OpenMMException as exc:
+        return f"error: {exc}"
+
+committee = MLPotential("e3pot", model=["models/a.pt", "models/b.pt"]).createSystem(topology)
+xml = openmm.XmlSerializer.serialize(committee)
+os.chdir("elsewhere")
+print("committee read elsewhere:", energy(openmm.XmlSerializer.deserialize(xml)) == energy(committee), flush=True)
+os.chdir("..")
+shutil.copy("models/a.pt", "models/gone.pt")
+single = MLPotential("e3pot", model="models/gone.pt").createSystem(topology)
+xml = openmm.XmlSerializer.serialize(single)
+os.remove("models/gone.pt")
+print("deserialize:", energy(openmm.XmlSerializer.deserialize(xml)), flush=True)
+warnings.simplefilter("error", ModelReloadWarning)  # the report must not raise either
+print("deepcopy:", energy(copy.deepcopy(single)), flush=True)
+"""
 
 
 def topology_of(atoms: Atoms, residue: str = "MOL", bonds: bool = False) -> app.Topology:
@@ -119,6 +161,17 @@ def loaded(model_path):
 @pytest.fixture(scope="module")
 def potential(model_path):
     return MLPotential("e3pot", model=model_path)
+
+
+@pytest.fixture(scope="module")
+def second_path(model_path):
+    """A second tiny model (other weights) next to the first: a committee of two with it."""
+    return save_model(make_model(seed=1), os.path.join(os.path.dirname(model_path), "second.pt"))
+
+
+@pytest.fixture(scope="module")
+def committee(model_path, second_path):
+    return MLPotential("e3pot", model=[model_path, second_path])
 
 
 @pytest.fixture(scope="module")
@@ -246,6 +299,135 @@ def test_interpolated_mixed_system_and_a_serialized_system(model_path, solvated,
     copy = openmm.XmlSerializer.deserialize(xml)
     assert (energy_forces(context_of(copy, ethanol.positions))[0]
             == pytest.approx(energy_forces(context_of(system, ethanol.positions))[0], abs=E_TOL))
+
+
+def test_a_force_that_cannot_load_its_model_again_is_an_error_not_a_crash(model_path, second_path, tmp_path):
+    """XmlSerializer.deserialize and copy.deepcopy of a System whose model file is gone, and a committee given by
+    relative paths read from another folder: a message naming the file (a warning when the System is read, an
+    OpenMMException when the force is evaluated), or the committee's energy, and never a segmentation fault."""
+    folder = os.path.realpath(tmp_path)  # as os.getcwd() gives it in the subprocess
+    os.makedirs(os.path.join(folder, "models"))
+    os.makedirs(os.path.join(folder, "elsewhere"))
+    for source, name in ((model_path, "a.pt"), (second_path, "b.pt")):
+        with open(source, "rb") as src, open(os.path.join(folder, "models", name), "wb") as dst:
+            dst.write(src.read())
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-c", RELOAD_SCRIPT], cwd=folder, env=env, capture_output=True,
+                         text=True, timeout=300)
+    shown = f"exit status {run.returncode} (-11: segmentation fault)\nstdout:\n{run.stdout}\nstderr:\n{run.stderr}"
+    assert run.returncode == 0, shown
+    assert "committee read elsewhere: True" in run.stdout, shown
+    gone = os.path.join(folder, "models", "gone.pt")
+    message = (f"e3pot: the OpenMM force of a System read back (XmlSerializer.deserialize or copy.deepcopy) cannot "
+               f"load its model: model file {gone} does not exist; the force raises this error whenever it is "
+               "evaluated")
+    for case in ("deserialize", "deepcopy"):
+        assert f"{case}: error: {message}" in run.stdout, shown  # when the force is evaluated
+    assert run.stderr.count(message) == 2, shown  # when the System is read
+
+
+def test_a_force_read_without_its_model_names_why_and_loads_once_it_is_back(model_path, ethanol, tmp_path):
+    """What OpenMM does when it reads a force back (pickle.loads of its function), in this process: a model file
+    that is not a model is named, with why, and the force keeps its state, so that a copy made once the file is
+    back works again."""
+    path = str(tmp_path / "model.pt")
+    with open(model_path, "rb") as src, open(path, "wb") as dst:
+        dst.write(src.read())
+    pickled = pickle.dumps(OpenMMEvaluator(path, ethanol.numbers, False, {}))  # what the PythonForce holds
+    os.rename(path, path + ".moved")
+    with open(path, "w") as f:
+        f.write("not a model")
+    why = rf"cannot load its model: model {re.escape(path)}: ValueError: .*not an e3pot model file"
+    with pytest.warns(ModelReloadWarning, match=why):
+        unreadable = pickle.loads(pickled)
+    with pytest.raises(RuntimeError, match="cannot load its model"):
+        unreadable(None)
+    os.replace(path + ".moved", path)
+    again = pickle.loads(pickle.dumps(unreadable))
+    assert isinstance(again, OpenMMEvaluator) and again.error is None
+    energy, _ = again.energy_forces(ethanol.positions)
+    assert energy == pytest.approx(calculator_results(ethanol, path)[0], abs=E_TOL)
+    # a loaded model is pickled as bytes, read where its errors are caught too
+    state = OpenMMEvaluator(load_model(path), ethanol.numbers, False, {}).__getstate__()
+    assert "model" not in state
+    state["model_pickle"] = state["model_pickle"][:1000]
+    with pytest.warns(ModelReloadWarning, match=r"cannot load its model: its loaded model: (UnpicklingError|EOFError)"):
+        OpenMMEvaluator.__new__(OpenMMEvaluator).__setstate__(state)  # what pickle.loads does with the state
+
+
+def test_a_committee(committee, model_path, second_path, ethanol):
+    """The mean of the members (E3PotCalculator's), with its paths made absolute, also in another dtype for one
+    System (which loads its own copy of the members)."""
+    assert committee._impl.model == [os.path.abspath(model_path), os.path.abspath(second_path)]
+    for options, (e_tol, f_tol) in (({}, (E_TOL, F_TOL)), ({"dtype": "float32"}, (2e-3, 2e-4))):
+        context = context_of(committee.createSystem(topology_of(ethanol), **options), ethanol.positions)
+        energy, forces = energy_forces(context)
+        ref_energy, ref_forces = calculator_results(ethanol, [model_path, second_path])
+        assert abs(energy - ref_energy) < e_tol and np.abs(forces - ref_forces).max() < f_tol
+
+
+def test_the_uncertainty_options_of_the_calculator_are_refused(committee, model_path, second_path, ethanol):
+    """uncertainty_threshold, stop_when_uncertain and flagged_file watch an ASE MD run; the OpenMM force gives the
+    mean of a committee only, so they are refused rather than accepted and ignored."""
+    listed = calculator_options()
+    assert "uncertainty_threshold" not in listed and "flagged_file" not in listed and "skin" in listed
+    refused = (r"options? of the ASE calculator e3pot\.E3PotCalculator \(uncertainty monitoring during MD\), which "
+               r"the OpenMM potential e3pot does not support")
+    with pytest.raises(TypeError, match=r"MLPotential\('e3pot'\): uncertainty_threshold is an " + refused):
+        MLPotential("e3pot", model=[model_path, second_path], uncertainty_threshold=0.1)
+    with pytest.raises(TypeError, match="uncertainty_threshold, stop_when_uncertain, flagged_file are " + refused):
+        committee.createSystem(topology_of(ethanol), uncertainty_threshold=0.1, stop_when_uncertain=True,
+                               flagged_file="flagged.xyz")
+
+
+def test_options_of_the_wrong_type_are_named_when_the_system_is_built(potential, model_path, ethanol):
+    topology = topology_of(ethanol)
+    with pytest.raises(TypeError, match=r"^MLPotential\('e3pot'\): dtype must be 'float32' or 'float64', got 64 "
+                                        r"\(int\)$"):
+        MLPotential("e3pot", model=model_path, dtype=64)
+    with pytest.raises(TypeError, match=r"^createSystem/createMixedSystem: device must be a string, 'cpu', 'cuda' or "
+                                        r"'cuda:N', got 3 \(int\)$"):
+        potential.createSystem(topology, device=3)
+    with pytest.raises(ValueError, match="unknown dtype 'float16'; use one of float32, float64"):
+        potential.createSystem(topology, dtype="float16")
+    with pytest.raises(TypeError, match=r"model must be the path of a model file .* got 3 \(int\)"):
+        MLPotential("e3pot", model=3)
+    with pytest.raises(TypeError, match="skin must be a number in Å"):
+        potential.createSystem(topology, skin="0.5")
+
+
+def test_the_calculator_options_reach_the_force(potential, loaded, ethanol, monkeypatch):
+    """skin (the neighbour list is reused), threads (in the function that OpenMM calls), memory_budget, kernels
+    and radial are those of the force's model, not accepted and dropped."""
+    import torch
+
+    from e3pot.model.tables import radial_of
+
+    seen = []
+    call = OpenMMEvaluator.__call__
+
+    def spy(self, state):
+        seen.append((self, torch.get_num_threads()))
+        return call(self, state)
+
+    monkeypatch.setattr(OpenMMEvaluator, "__call__", spy)
+    threads = torch.get_num_threads()
+    try:
+        system = potential.createSystem(topology_of(ethanol), skin=0.5, threads=1, memory_budget=1.5, kernels="torch",
+                                        radial="table")
+        context = context_of(system, ethanol.positions)
+        for shift in (0.0, 0.01):
+            context.setPositions((ethanol.positions + shift) * 0.1)
+            energy, _ = energy_forces(context)
+    finally:
+        torch.set_num_threads(threads)
+    (evaluator, threads_in_call), = set(seen)
+    calc = evaluator.calculator
+    assert threads_in_call == 1 and calc.neighbor_list_builds == 1 and calc.memory_budget == 1.5
+    assert calc.kernels == "torch" and radial_of(calc.model) == "table"
+    shifted = ethanol.copy()
+    shifted.positions += 0.01
+    assert energy == pytest.approx(calculator_results(shifted, loaded)[0], abs=1e-6)  # a table, not the network
 
 
 def test_unknown_element_is_named(potential):
