@@ -8,6 +8,10 @@ from typing import List, Optional
 from e3pot.files import OVERWRITE_HELP
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="e3pot lammps", description=__doc__)
     sub = p.add_subparsers(dest="what", required=True)
@@ -22,15 +26,21 @@ def main(argv: Optional[List[str]] = None) -> int:
                        description="Write structure.data and in.lammps (and the model's export, deployed.pt, "
                                    "when MODEL is a model file) into the folder -o.",
                        epilog="Files are written to temporary names and moved into place when complete; existing "
-                              "ones are replaced only with --overwrite.")
-    d.add_argument("structure", help="ASE-readable structure file (the last frame unless --index)")
+                              "ones are replaced only with --overwrite, and never when one is an input. The "
+                              "folder -o is made when missing, but not the folders above it. Settings, the "
+                              "frame and the outputs are checked before anything is written.")
+    d.add_argument("structure", help="structure file, ASE-readable (extxyz, traj, cif, ...) or rMD17-style npz (the "
+                                     "last frame unless --index)")
     d.add_argument("--model", required=True, help="model file (model.pt) or export (TorchScript .pt, AOTI .pt2)")
-    d.add_argument("-o", "--output", required=True, help="folder of the deck (made if missing)")
-    d.add_argument("--index", type=int, default=-1, help="frame of the structure file (default: the last)")
+    d.add_argument("-o", "--output", required=True, help="folder of the deck (made if missing; its parent must exist)")
+    d.add_argument("--index", type=int, default=-1,
+                   help="frame of the structure file, from 0; negative counts from the end (default -1: the last)")
     d.add_argument("--ensemble", choices=["nvt", "nve", "npt"], default="nvt", help="default: nvt")
-    d.add_argument("--temperature", type=float, default=300.0, help="K (default 300)")
-    d.add_argument("--timestep", type=float, default=0.5, help="fs (default 0.5)")
-    d.add_argument("--steps", type=int, default=1000, help="default 1000")
+    d.add_argument("--temperature", type=float, default=300.0,
+                   help="K: of the initial velocities and the thermostat (default 300; above 0 for nvt and npt, "
+                        "0 or more for nve)")
+    d.add_argument("--timestep", type=float, default=0.5, help="fs, above 0 (default 0.5)")
+    d.add_argument("--steps", type=int, default=1000, help="steps to run, 0 or more (default 1000)")
     d.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     args = p.parse_args(argv)
 
@@ -50,8 +60,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         files = write_deck(args.structure, args.model, args.output, index=args.index, steps=args.steps,
                            temperature=args.temperature, timestep_fs=args.timestep, ensemble=args.ensemble,
                            overwrite=args.overwrite, plugin=plugin_path())
-    except (LammpsError, OSError, ValueError) as exc:
+    except LammpsError as exc:  # a failed build's message ends with the compiler's output, kept as it is
         print(f"e3pot lammps: error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:
+        print(f"e3pot lammps: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     print(f"e3pot lammps: wrote {', '.join(files.values())}")
     print(f"Run with: cd {args.output} && {lmp_command()} -in in.lammps")
