@@ -96,14 +96,14 @@ class E3PotCalculator(Calculator):
         if radial is not None:
             check_radial(radial, compile)
         check_budget(memory_budget)  # memory_budget, and E3POT_MEMORY_BUDGET whether or not it is used
-        skin = _number("skin", skin, "Å", lambda v: v >= 0, ">= 0")
+        skin = _number("skin", skin, "Å", lambda v: v >= 0, "0 or more")
         if threads is not None:
             if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
                 raise ValueError(f"threads must be a positive integer, got {threads!r}")
             torch.set_num_threads(threads)
         if uncertainty_threshold is not None:
             uncertainty_threshold = _number("uncertainty_threshold", uncertainty_threshold, "eV/Å", lambda v: v > 0,
-                                            "> 0 (a force uncertainty)")
+                                            "a positive force uncertainty,")
         elif stop_when_uncertain or flagged_file is not None:
             raise ValueError("stop_when_uncertain and flagged_file need an uncertainty_threshold (eV/Å)")
         if flagged_file is not None:
@@ -213,7 +213,7 @@ def _number(name: str, value, unit: str, ok, rule: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number in {unit}, got {value!r} ({type(value).__name__})")
     if not ok(float(value)):
-        raise ValueError(f"{name} must be {rule} {unit}, got {value!r}")
+        raise ValueError(f"{name} must be {rule} in {unit}, got {value!r}")
     return float(value)
 
 
