@@ -46,11 +46,13 @@ def iter_predictions(model, structures: Iterable, batch_size: int = 32, compute_
         model = load_any(model, device=str(model_device(model)) if isinstance(model, torch.nn.Module) else "cpu",
                          compile=compile)
     if uncertainty:
-        from e3pot.model.ensemble import describe, has_uncertainty
+        from e3pot.model.ensemble import describe, has_uncertainty, stored_heads
 
         if not has_uncertainty(model):
+            what = describe(model)
+            why = f"the model is {what}" if stored_heads(model) > 1 else f"{what} has no uncertainty"
             raise ValueError(f"uncertainty needs a committee (several model files) or a shallow ensemble (a model "
-                             f"trained with model.heads > 1); {describe(model)} has no uncertainty")
+                             f"trained with model.heads > 1); {why}")
     if kernels is not None:
         model = use_kernels(model, kernels)
     if isinstance(structures, Atoms):

@@ -15,9 +15,13 @@ made by farthest-point sampling in the model's invariant per-structure features 
 features its read-out sees), starting from the most uncertain structure: each next pick is the shortlisted
 structure farthest from every earlier pick, so that near-copies (consecutive MD frames) are not picked twice
 while a distinct, less uncertain structure is left. Each pick gets the reason in ``info``.
+
+A pool whose scores are all exactly 0 is refused: the members (or heads) give identical predictions (the same
+model file twice, members trained with the same seed and data), and the ranking would mean nothing.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Iterable, List, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -25,7 +29,8 @@ import torch
 
 from e3pot.data.graph import collate
 from e3pot.data.neighbors import SpeciesMap, atoms_to_graph
-from e3pot.model.ensemble import Committee, describe, has_uncertainty
+from e3pot.model.ensemble import (Committee, IdenticalMembersWarning, describe, duplicate_members, has_uncertainty,
+                                  identical_predictions_message, stored_heads)
 from e3pot.model.runtime import load_any, run_spread
 
 SCORES = {"forces": ("largest force uncertainty", "eV/Å"), "energy": ("energy uncertainty per atom", "eV/atom")}
@@ -34,17 +39,23 @@ SCORES = {"forces": ("largest force uncertainty", "eV/Å"), "energy": ("energy u
 class Scored(NamedTuple):
     score: np.ndarray  # (n_pool,) the uncertainty that ranks the structures
     features: np.ndarray  # (n_pool, n_features) invariant per-structure features
+    largest_spread: float = float("nan")  # the largest energy_std or forces_std of the pool (0: members agree)
 
 
 def feature_model(model):
     """The eager model whose read-out features describe a structure: the model, or a committee's first eager
     member; ValueError when there is none (exports only)."""
+    return _feature_member(model)[0]
+
+
+def _feature_member(model):
+    """:func:`feature_model` and its index among a committee's members (0 for one model)."""
     from e3pot.model.base import EnergyModel
 
     members = model.members if isinstance(model, Committee) else [model]
-    for member in members:
+    for k, member in enumerate(members):
         if isinstance(member, EnergyModel) and hasattr(member, "readout"):
-            return member
+            return member, k
     raise ValueError("select needs the features of a model file: give at least one model file (model.pt), not only "
                      "exported models")
 
@@ -71,9 +82,10 @@ def score_pool(model, pool: Sequence, score: str = "forces", batch_size: int = 1
     from tqdm.auto import tqdm
 
     species = SpeciesMap(model.atomic_numbers)
-    features_of = feature_model(model)
+    features_of, k_features = _feature_member(model)
     device = next(features_of.parameters()).device
     scores, feats = [], []
+    largest = 0.0
     with tqdm(total=len(pool), unit="structure", desc="scoring", disable=not progress) as bar:
         for start in range(0, len(pool), batch_size):
             part = pool[start:start + batch_size]
@@ -87,9 +99,13 @@ def score_pool(model, pool: Sequence, score: str = "forces", batch_size: int = 1
                 n_atoms = torch.bincount(graph.batch, minlength=len(part)).double().cpu()
                 per = s.energy_std.double().cpu() / n_atoms
             scores.append(per.numpy())
-            feats.append(structure_features(features_of, graph.to(dtype=features_of.dtype)).cpu().numpy())
+            for std in (s.energy_std, s.forces_std):  # NaN counts as a spread: it is no agreement
+                largest = max(largest, float(torch.nan_to_num(std.abs(), nan=float("inf")).max()))
+            # the feature member reads the graph in its own order of the elements
+            own = model.member_graph(k_features, graph) if isinstance(model, Committee) else graph
+            feats.append(structure_features(features_of, own.to(dtype=features_of.dtype)).cpu().numpy())
             bar.update(len(part))
-    return Scored(np.concatenate(scores), np.concatenate(feats))
+    return Scored(np.concatenate(scores), np.concatenate(feats), largest)
 
 
 class Pick(NamedTuple):
@@ -152,7 +168,9 @@ def select_frames(models, pool: Iterable, n: int, candidates: Optional[int] = No
     ``e3pot_select_reason`` (text), ``e3pot_select_score`` (the uncertainty), ``e3pot_select_rank`` (1: most
     uncertain of the pool), ``e3pot_select_pool_index`` and ``e3pot_select_distance`` (feature distance to the
     nearest earlier pick). ``max_score``: the upper trust level (same unit as the score); more uncertain structures
-    are not picked. ValueError when ``n`` is not between 1 and the number of distinct eligible structures.
+    are not picked. ValueError when ``n`` is not between 1 and the number of distinct eligible structures, and when
+    the score is exactly 0 for every structure (members, or heads, that give identical predictions: nothing ranks
+    the structures); :class:`~e3pot.model.ensemble.IdenticalMembersWarning` for a committee member given twice.
     """
     if score not in SCORES:
         raise ValueError(f"unknown score {score!r}; use one of {', '.join(SCORES)}")
@@ -163,13 +181,32 @@ def select_frames(models, pool: Iterable, n: int, candidates: Optional[int] = No
         raise ValueError(f"asked for {n} structures, but the pool holds only {len(pool)}; ask for at most {len(pool)}")
     if candidates is not None and candidates < n:
         raise ValueError(f"candidates ({candidates}) must be at least the number of picks ({n})")
-    model = load_any(list(models) if isinstance(models, (list, tuple)) else models, device=device)
-    if not has_uncertainty(model):
-        raise ValueError(f"selection needs an uncertainty, but {describe(model)} has none: give several model files "
-                         "(a committee) or a model trained with model.heads > 1 (a shallow ensemble)")
-    scored = score_pool(model, pool, score, batch_size, memory_budget, progress)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if max_score is not None and not max_score > 0:
         raise ValueError(f"max_score (the upper trust level) must be positive, got {max_score}")
+    model = load_any(list(models) if isinstance(models, (list, tuple)) else models, device=device)
+    if not has_uncertainty(model):
+        what = describe(model)
+        if stored_heads(model) > 1:
+            raise ValueError(f"selection needs an uncertainty, but the model is {what}")
+        raise ValueError(f"selection needs an uncertainty, but {what} has none: give several model files "
+                         "(a committee) or a model trained with model.heads > 1 (a shallow ensemble)")
+    if isinstance(model, Committee):
+        for text in duplicate_members(model):
+            warnings.warn(f"{text}: a member given twice gives the same predictions and adds nothing to the spread "
+                          "that ranks the structures", IdenticalMembersWarning, stacklevel=2)
+    scored = score_pool(model, pool, score, batch_size, memory_budget, progress)
+    if scored.largest_spread == 0:
+        raise ValueError(f"{identical_predictions_message(model, 'every structure of the pool')}; there is nothing "
+                         "to rank the structures by")
+    if not scored.score.any():
+        if score == "forces":
+            raise ValueError("every structure of the pool has a force spread of exactly 0 (single atoms, or atoms "
+                             "without neighbours within the cutoff), so the forces rank nothing; rank by the energy "
+                             "spread (score='energy', --score energy)")
+        raise ValueError("every structure of the pool has an energy spread of exactly 0, so the energies rank "
+                         "nothing; rank by the force spread (score='forces', --score forces)")
     picks = farthest_point_picks(scored.score, scored.features, int(n), candidates, max_score)
     what, unit = SCORES[score]
     out = []

@@ -1,5 +1,8 @@
 """``e3pot export MODEL -o FILE``: a TorchScript archive that runs with torch alone, or with ``--format aoti``
-an AOTInductor package (.pt2), compiled once here, that loads without compiling."""
+an AOTInductor package (.pt2), compiled once here, that loads without compiling.
+
+The engines tell the formats apart by the name: an AOTInductor package is a ``.pt2`` file, and a TorchScript
+archive is not. A shallow ensemble (a model with several read-out heads) is exported as its heads' mean."""
 from __future__ import annotations
 
 import argparse
@@ -56,6 +59,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             model = load_model(args.model, device=device, dtype=args.dtype)
             export_aoti(model, args.output)
         else:
+            if args.output.lower().endswith(".pt2"):
+                raise ValueError(f"-o {args.output}: a .pt2 name is an AOTInductor package's (LAMMPS's pair_style "
+                                 "e3pot and the other engines tell the formats apart by the name), not a TorchScript "
+                                 "archive's; give another name (model.ts, say) or --format aoti")
             if args.device != "cpu":
                 raise ValueError(f"--device {args.device}: only an AOTInductor export (--format aoti) is compiled for "
                                  "a device; a TorchScript export runs on any device")
@@ -68,6 +75,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     print(f"exported {args.model} -> {args.output} ({FORMATS[fmt]}, {str(model.dtype).replace('torch.', '')}, "
           f"species {model.atomic_numbers}, r_max {model.r_max} Å)")
+    heads = getattr(model, "num_heads", 1)
+    if heads > 1:
+        print(f"e3pot export: note: {args.model} is a shallow ensemble ({heads} read-out heads); the export keeps the "
+              "heads' mean energy, forces and stress only, not their spread (the uncertainty needs the model file, "
+              "in Python: e3pot.E3PotCalculator, e3pot predict --uncertainty)", file=sys.stderr)
     return 0
 
 

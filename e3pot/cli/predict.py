@@ -101,12 +101,50 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def model_paths(model: str) -> List[str]:
-    """The model files of MODEL: one path, or a committee's paths separated by commas."""
-    paths = [part for part in model.split(",") if part] if "," in model and not os.path.exists(model) else [model]
-    if not paths:
-        raise ValueError(f"no model file in {model!r}")
-    return paths
+def model_paths(model: str, option: str = "MODEL") -> List[str]:
+    """The model files of MODEL: one path, or a committee's paths separated by commas.
+
+    A path that exists is one model, commas and all, unless splitting it at the commas also gives paths that
+    all exist: that is ambiguous, and refused. Otherwise a path with commas is a committee, whose parts must
+    all exist (an error names the first that does not) and none be empty."""
+    if "," not in model:
+        return [model]
+    parts = model.split(",")
+    whole = os.path.exists(model)
+    if whole and all(part and os.path.exists(part) for part in parts):
+        raise ValueError(f"{option} {model}: ambiguous: a file of that name exists, and so do "
+                         f"{', '.join(parts)}, which the commas would make a committee of; rename the file or give "
+                         "the committee's members by other paths (./name)")
+    if whole:
+        return [model]
+    if any(not part.strip() for part in parts):
+        raise ValueError(f"{option} {model}: an empty committee member (commas separate committee members: "
+                         "a.pt,b.pt,c.pt)")
+    missing = [part for part in parts if not os.path.exists(part)]
+    if missing:
+        also = f" (and {', '.join(missing[1:])})" if len(missing) > 1 else ""
+        raise FileNotFoundError(f"{option} {model}: no such model file: {missing[0]}{also}; commas separate "
+                                f"committee members, and there is no file named {model} either")
+    return parts
+
+
+def _use_radial(model, radial: str):
+    """``model`` with its radial networks run as ``radial`` says (:func:`e3pot.model.tables.use_radial`); a
+    committee's members each so."""
+    from e3pot.model.ensemble import Committee
+    from e3pot.model.tables import use_radial
+
+    if not isinstance(model, Committee):
+        return use_radial(model, radial)
+    members = []
+    for name, member in zip(model.names, model.members):
+        try:
+            members.append(use_radial(member, radial))
+        except ValueError as exc:
+            raise ValueError(f"--radial {radial}: committee member {name}: {exc}") from None
+    if all(a is b for a, b in zip(members, model.members)):
+        return model
+    return Committee(members, device=str(model.device), calibration=model.calibration, names=model.names)
 
 
 def _outputs(args) -> List[Tuple[str, str]]:
@@ -125,6 +163,10 @@ def check_args(args):
     from e3pot.predict import OUTPUT_FORMATS
 
     check_kernels(args.kernels, args.compile)
+    if args.uncertainty and args.compile:
+        raise ValueError("--uncertainty with --compile: the compiled path runs one model's mean prediction only (a "
+                         "shallow ensemble's heads' mean, and never a committee); leave out --compile for the "
+                         "uncertainty")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.memory_budget is not None and not args.memory_budget > 0:
@@ -216,18 +258,19 @@ def run(args) -> int:
         if rows:
             rows.writerow(["index", "source", "n_atoms", "energy_eV", "energy_per_atom_eV", args.group_by]
                           + (["energy_std_eV", "max_forces_std_eV_A"] if args.uncertainty else []))
-        from e3pot.model.tables import check_radial, use_radial
+        from e3pot.model.tables import check_radial
 
         check_radial(args.radial, args.compile)
-        model = use_radial(use_kernels(load_any(paths if len(paths) > 1 else paths[0], device=args.device,
-                                                dtype=args.dtype, compile=args.compile), args.kernels), args.radial)
+        model = _use_radial(use_kernels(load_any(paths if len(paths) > 1 else paths[0], device=args.device,
+                                                 dtype=args.dtype, compile=args.compile), args.kernels), args.radial)
         if args.uncertainty:
-            from e3pot.model.ensemble import describe, has_uncertainty
+            from e3pot.model.ensemble import describe, has_uncertainty, stored_heads
 
             if not has_uncertainty(model):
+                why = "" if stored_heads(model) > 1 else ", which has no uncertainty"
                 raise ValueError(f"--uncertainty needs a committee (MODEL: a.pt,b.pt,c.pt) or a shallow ensemble (a "
-                                 f"model trained with model.heads > 1); {args.model} is {describe(model)}, which has no "
-                                 "uncertainty")
+                                 f"model trained with model.heads > 1); {args.model} is {describe(model)}{why}")
+        largest_spread = 0.0  # all spreads exactly 0: the members (or heads) predict the same
         bar = stack.enter_context(tqdm(total=total, unit="structure", disable=args.no_progress, desc="predicting"))
         for name, atoms, pred in iter_scored(model, _items(args.inputs, labels), errors, args.batch_size,
                                              args.memory_budget, uncertainty):
@@ -237,10 +280,17 @@ def run(args) -> int:
                                group_of(atoms, args.group_by) or ""]
                               + ([f"{pred['energy_std']:.10f}", f"{float(pred['forces_std'].max()):.10f}"]
                                  if args.uncertainty else []))
+            if args.uncertainty and largest_spread == 0:  # NaN counts as a spread: it is no agreement
+                spreads = [abs(pred["energy_std"]), *abs(pred["forces_std"]).tolist()]
+                largest_spread = max(float("inf") if v != v else v for v in spreads)
             n += 1
             bar.update(1)
         report = _report(args, errors, tmp, uncertainty)
     print(f"wrote {n} structures to {args.output}" + (f" and {args.csv}" if args.csv else ""))
+    if args.uncertainty and n and largest_spread == 0:
+        from e3pot.model.ensemble import identical_predictions_message
+
+        print(f"e3pot predict: warning: {identical_predictions_message(model, 'every structure')}", file=sys.stderr)
     if report:
         print(report)
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import List, Optional
 
 OUTPUT_FORMATS = {".extxyz": "extxyz", ".xyz": "extxyz", ".traj": "traj"}
@@ -51,16 +52,19 @@ def run(args) -> int:
     from e3pot.cli.predict import model_paths
     from e3pot.data.io import DataError, iter_labelled
     from e3pot.files import atomic_output, check_output
+    from e3pot.model.ensemble import IdenticalMembersWarning
     from e3pot.select import select_frames
 
     if args.n < 1:
         raise ValueError(f"-n must be at least 1, got {args.n}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.max_score is not None and not args.max_score > 0:
+        raise ValueError(f"--max-score (the upper trust level) must be positive, got {args.max_score}")
     ext = os.path.splitext(args.output)[1].lower()
     if ext not in OUTPUT_FORMATS:
         raise ValueError(f"-o {args.output}: use .extxyz or .xyz (extended XYZ) or .traj (ASE trajectory)")
-    paths = model_paths(args.model)
+    paths = model_paths(args.model, "--model")
     check_output(args.output, "-o", inputs=[*paths, *args.pool], overwrite=args.overwrite)
     for path in args.pool:
         if not os.path.exists(path):
@@ -72,9 +76,19 @@ def run(args) -> int:
             sources.append(source)
     if not pool:
         raise DataError(f"{', '.join(args.pool)}: no structures")
-    picks = select_frames(paths if len(paths) > 1 else paths[0], pool, args.n, candidates=args.candidates,
-                          score=args.score, batch_size=args.batch_size, device=args.device,
-                          progress=not args.no_progress, max_score=args.max_score)
+    caught: list = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", IdenticalMembersWarning)
+            picks = select_frames(paths if len(paths) > 1 else paths[0], pool, args.n, candidates=args.candidates,
+                                  score=args.score, batch_size=args.batch_size, device=args.device,
+                                  progress=not args.no_progress, max_score=args.max_score)
+    finally:  # shown also when the selection fails; ours as the command's warnings, others as Python shows them
+        for w in caught:
+            if issubclass(w.category, IdenticalMembersWarning):
+                print(f"e3pot select: warning: {w.message}", file=sys.stderr)
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     for atoms in picks:
         atoms.info["e3pot_select_source"] = sources[atoms.info["e3pot_select_pool_index"]]
     with atomic_output(args.output) as tmp:

@@ -79,7 +79,8 @@ def load_any(model: Union[str, os.PathLike, torch.nn.Module, ExportedModel, Sequ
     """A model file, a TorchScript export, an AOTInductor package (.pt2), or an already loaded model, on
     ``device`` in ``dtype``;
     with ``compile=True``, wrapped for the compiled path (:mod:`e3pot.model.compiled`). A list or tuple of
-    models is a :class:`~e3pot.model.ensemble.Committee` of them (one model in a list is that model).
+    models is a :class:`~e3pot.model.ensemble.Committee` of them (one model in a list is that model); a path
+    with commas is one path (FileNotFoundError, saying so, when there is no such file).
 
     Raises ValueError for a device that torch does not know or cannot use, and for an
     ``E3POT_MEMORY_BUDGET`` that is not a positive number of GiB."""
@@ -112,6 +113,10 @@ def load_any(model: Union[str, os.PathLike, torch.nn.Module, ExportedModel, Sequ
     if isinstance(model, os.PathLike):
         model = os.fspath(model)
     if isinstance(model, str):
+        if "," in model and not os.path.exists(model):
+            raise FileNotFoundError(f"no such model file: {model}; a committee is a list of models "
+                                    f"({model.split(',')}), not one string with commas (commas "
+                                    "separate committee members on the command line only)")
         if is_torchscript(model):
             model = ExportedModel(model, device=device)
         elif is_aoti(model):
