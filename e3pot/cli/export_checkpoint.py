@@ -8,6 +8,12 @@ The model's species and average neighbour count are not weights: a checkpoint th
 them gets them from its training data again (``data.train_file`` of the run, looked up as given, then
 next to the checkpoint's folders; or ``--train-file``), checked against the force scale fitted when
 training started, so that data changed since then is refused rather than giving a different model.
+
+A shallow ensemble (``model.heads`` > 1) gets the calibration of its spreads that training gives the model
+file it writes: fitted on the run's validation frames (``data.val_file``, or the same split of
+``data.train_file``; found as above, or given with ``--val-file`` / ``--train-file``) by the same function,
+and refused when those frames are not the ones the checkpoint was validated on. ``--no-calibration`` writes
+the raw spreads instead, where the validation frames are gone.
 """
 from __future__ import annotations
 
@@ -31,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--train-file", default=None,
                    help="the run's training data (data.train_file), where the checkpoint does not carry the model's "
                         "species and neighbour statistics and the file has moved")
+    p.add_argument("--val-file", default=None,
+                   help="the run's validation data (data.val_file), where the file has moved: a shallow ensemble's "
+                        "spreads are calibrated on it")
+    p.add_argument("--no-calibration", action="store_true",
+                   help="write a shallow ensemble (model.heads > 1) with its raw, uncalibrated spreads (where the "
+                        "run's validation frames are gone)")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     return p
 
@@ -87,7 +99,7 @@ def _statistics_from_data(ckpt: Dict[str, Any], path: str, train_file: Optional[
     from e3pot.train import stats
     from e3pot.train.datamodule import E3PotDataModule
 
-    settings = dict(ckpt.get("datamodule_hyper_parameters") or {})
+    settings = _data_settings(ckpt, path)
     if "train_file" not in settings:
         raise ValueError(f"{path}: the checkpoint holds neither the model's species and neighbour statistics nor "
                          "the settings of its training data; it cannot be made into a model file")
@@ -100,9 +112,7 @@ def _statistics_from_data(ckpt: Dict[str, Any], path: str, train_file: Optional[
     settings["train_file"] = found
     if settings.get("val_file"):
         settings["val_file"] = _locate(settings["val_file"], path) or settings["val_file"]
-    settings["num_workers"] = 0
-    accepted = set(inspect.signature(E3PotDataModule.__init__).parameters) - {"self"}
-    data = E3PotDataModule(**{k: v for k, v in settings.items() if k in accepted})
+    data = E3PotDataModule(**settings)
     data.setup("fit")
     scale = stats.force_rms(data.train_set)
     if abs(scale - energy_scale) > 1e-5 * max(abs(energy_scale), 1e-12):
@@ -112,14 +122,75 @@ def _statistics_from_data(ckpt: Dict[str, Any], path: str, train_file: Optional[
     return list(data.atomic_numbers), float(stats.avg_num_neighbors(data.train_set)), found
 
 
-def model_from_checkpoint(path: str, train_file: Optional[str] = None):
-    """The averaged (EMA) model of a training checkpoint, and the data file its statistics came from (or None)."""
+def _data_settings(ckpt: Dict[str, Any], path: str) -> Dict[str, Any]:
+    """The arguments of the run's data module, to read its frames again: without replay or workers, and
+    without a split size beside a validation file (it had no effect there, and the data module refuses it)."""
+    from e3pot.train.datamodule import E3PotDataModule
+
+    settings = dict(ckpt.get("datamodule_hyper_parameters") or {})
+    if settings.get("bootstrap") is True and "bootstrap_seed" in settings:  # the run's draw, whatever the seed now
+        settings["bootstrap"] = int(settings["bootstrap_seed"])
+    accepted = set(inspect.signature(E3PotDataModule.__init__).parameters) - {"self"}
+    settings = {k: v for k, v in settings.items() if k in accepted}
+    for name in ("replay_file", "replay_fraction", "replay_energy_unit", "replay_length_unit", "replay_forces_key"):
+        settings.pop(name, None)
+    if settings.get("val_file"):
+        settings.pop("n_val", None)
+        settings.pop("val_fraction", None)
+    settings["num_workers"] = 0
+    return settings
+
+
+def validation_frames(ckpt: Dict[str, Any], path: str, model, train_file: Optional[str] = None,
+                      val_file: Optional[str] = None) -> Tuple[Any, int, str]:
+    """``(graphs, batch size, where)``: the validation frames of the run of checkpoint ``path`` as graphs for the
+    species of ``model``, the batch size they were validated in, and the file they came from; a ValueError when
+    they are not found, or not the frames the checkpoint was validated on."""
+    from e3pot.train import stats
+    from e3pot.train.datamodule import E3PotDataModule
+
+    heads = f"the spreads of its {model.num_heads} heads"
+    settings = dict(_data_settings(ckpt, path), bootstrap=False)  # a draw of the training frames only
+    if "train_file" not in settings:
+        raise ValueError(f"{path}: the checkpoint does not hold the settings of its training data, so the validation "
+                         f"frames that calibrate {heads} are not known; pass --no-calibration to write them raw")
+    if settings.get("val_file"):
+        option, given = "--val-file", val_file or settings["val_file"]
+        found = given if val_file else _locate(given, path)
+        settings["val_file"] = found
+    else:
+        if val_file:
+            raise ValueError(f"--val-file {val_file}: the run of {path} validated on a split of its training data "
+                             f"{settings['train_file']}; give that with --train-file instead")
+        option, given = "--train-file", train_file or settings["train_file"]
+        found = given if train_file else _locate(given, path)
+        settings["train_file"] = found
+    if found is None or not os.path.exists(found):
+        raise ValueError(f"{path}: {heads} are calibrated on the run's validation frames, and its data {given} is "
+                         f"not found (looked for it here and in the folders above the checkpoint); give it with "
+                         f"{option} FILE, or pass --no-calibration to write the raw spreads")
+    data = E3PotDataModule(**settings)
+    dataset = data.validation_set(list(model.atomic_numbers))
+    recorded = (ckpt.get(MODEL_KEY) or {}).get("validation")
+    if recorded is not None:
+        now = stats.fingerprint(dataset)
+        if not stats.same_fingerprint(recorded, now):
+            raise ValueError(f"{path}: {found} does not give the validation frames this checkpoint was validated on "
+                             f"({now['frames']} frames of {now['atoms']} atoms, the checkpoint's {recorded['frames']} "
+                             f"of {recorded['atoms']}, or other labels); give the run's data with {option} FILE, or "
+                             "pass --no-calibration")
+    return dataset, data.val_batch_size, found
+
+
+def model_from_checkpoint(path: str, train_file: Optional[str] = None, ckpt: Optional[Dict[str, Any]] = None):
+    """The averaged (EMA) model of a training checkpoint, and the data file its statistics came from (or None).
+    ``ckpt``: the checkpoint already read (:func:`read_checkpoint`)."""
     import torch
 
     from e3pot.model import kinds
     from e3pot.model.io import dtype_from_name
 
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path) if ckpt is None else ckpt
     hp = ckpt["hyper_parameters"]
     state = {k[len("ema."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("ema.")}
     if "energy_shift" not in state or "energy_scale" not in state:
@@ -160,10 +231,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     from e3pot.files import check_output
     from e3pot.model.io import dtype_name, save_model
 
+    fitted = None
     try:
-        inputs = [args.checkpoint] + ([args.train_file] if args.train_file else [])
+        inputs = [args.checkpoint] + [f for f in (args.train_file, args.val_file) if f]
         check_output(args.output, "-o", inputs=inputs, overwrite=args.overwrite)
-        model, source = model_from_checkpoint(args.checkpoint, args.train_file)
+        ckpt = read_checkpoint(args.checkpoint)
+        model, source = model_from_checkpoint(args.checkpoint, args.train_file, ckpt)
+        if getattr(model, "num_heads", 1) > 1 and not args.no_calibration:
+            from e3pot.train.calibration import calibrate
+
+            frames, batch_size, where = validation_frames(ckpt, args.checkpoint, model, args.train_file, args.val_file)
+            inputs.append(where)
+            fitted = calibrate(model, frames, batch_size)
+            model.metadata["uncertainty"] = fitted.metadata()
+        elif args.no_calibration and getattr(model, "num_heads", 1) == 1:
+            raise ValueError(f"--no-calibration: {args.checkpoint} is a model with one read-out head, which has no "
+                             "spreads to calibrate; leave it out")
+        elif args.no_calibration:
+            model.metadata["uncertainty"] = {"energy_scale": 1.0, "forces_scale": 1.0,
+                                             "fitted_on": "nothing: raw spreads (export-checkpoint --no-calibration)"}
         check_output(args.output, "-o", inputs=inputs + ([source] if source else []), overwrite=args.overwrite)
         save_model(model, args.output, metadata=model.metadata)
     except (DataError, OSError, ValueError) as exc:
@@ -174,4 +260,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"wrote {args.output} from the averaged weights of {args.checkpoint} (epoch {meta['epoch']}, step "
           f"{meta['global_step']}; {model.config['kind']}, {dtype_name(model.dtype)}, species {model.atomic_numbers}, "
           f"r_max {model.r_max} Å)" + (f"; species and neighbour count fitted again on {source}" if source else ""))
+    if fitted is not None:
+        print(f"uncertainty of the {model.num_heads} heads calibrated on {fitted.frames} validation frame"
+              f"{'s' if fitted.frames != 1 else ''}: spreads x {fitted.calibration.energy:.3g} (energy), "
+              f"x {fitted.calibration.forces:.3g} (forces)")
+        for warning in fitted.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    elif getattr(model, "num_heads", 1) > 1:
+        print(f"uncertainty of the {model.num_heads} heads left uncalibrated (--no-calibration): the spreads are raw")
     return 0

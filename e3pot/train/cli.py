@@ -5,12 +5,13 @@ import csv
 import glob
 import logging
 import os
+import re
 import sys
 import warnings
 from typing import List, Optional
 
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
-from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 
@@ -49,6 +50,96 @@ def _cutoff(kind: str, r_max: Optional[float], init_from: Optional[str] = None) 
         except ValueError:  # the module says what the file is
             pass
     return kinds.defaults(kind)["r_max"] if r_max is None else r_max
+
+
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "a boolean (true or false)", "str": "a string",
+               "NoneType": "null", "list": "a list such as [a, b]", "dict": "a mapping such as {key: value}",
+               "collections.abc.Iterable": "a list such as [a, b]", "pathlib.Path": "a path"}
+
+
+def _expected(what: str, literals: list) -> Optional[str]:
+    """Words for a type in jsonargparse's "Expected a ..." (a Literal's values are gathered in ``literals``)."""
+    if what.startswith("typing.Literal[") and what.endswith("]"):
+        literals.extend(v.strip().strip("'\"") for v in what[len("typing.Literal["):-1].split(","))
+        return None
+    if what.startswith("path but "):
+        return "the path of a file"
+    if what.startswith("dot import path string"):
+        return "a class name (or a mapping with class_path and init_args)"
+    name = re.fullmatch(r"<class '([^']+)'>", what)
+    if name:
+        return _TYPE_WORDS.get(name.group(1), f"a {name.group(1).rsplit('.', 1)[-1]}")
+    return what
+
+
+def parse_error_line(message: str) -> str:
+    """jsonargparse's error message in a line: the option, what it expects and the value given, e.g.
+    ``trainer.max_epochs: expected an integer or null, got 'ten'`` (it lists every subtype it tried, on ten
+    lines, after a usage of two hundred)."""
+    raw = [line for line in message.strip().splitlines() if line.strip()]
+    lines = [line.strip() for line in raw]
+    head = re.match(r'Parser key "([^"]+)":\s*(.*)$', lines[0]) if lines else None
+    if head is None:
+        return " ".join(lines)
+    key, body = head.group(1), ([head.group(2)] if head.group(2) else []) + lines[1:]
+    for k in range(1, len(raw)):  # an argument of a class given by class_path: that argument's own error
+        if lines[k].startswith('Parser key "'):
+            indent = len(raw[k]) - len(raw[k].lstrip())
+            end = next((j for j in range(k + 1, len(raw)) if len(raw[j]) - len(raw[j].lstrip()) <= indent), len(raw))
+            inner = parse_error_line("\n".join(raw[k:end]))
+            return f"{key}.init_args.{inner}" if not inner.startswith(f"{key}.") else inner
+    given, expected, literals = None, [], []
+    for line in body:
+        text = line.lstrip("- ").strip()
+        if text.startswith("Given value:"):
+            given = text[len("Given value:"):].strip()
+        elif text.startswith("Expected a "):
+            what, _, got = text[len("Expected a "):].partition(". Got value: ")
+            given = got or given
+            words = _expected(what.split(": ")[0] if what.startswith("dot import") else what, literals)
+            if words and words not in expected:
+                expected.append(words)
+    if literals:
+        expected.insert(0, "one of " + ", ".join(dict.fromkeys(literals)))
+    if not expected:
+        return f"{key}: " + " ".join(line.lstrip("- ") for line in body)
+    if "null" in expected:  # last: "an integer or null"
+        expected = [w for w in expected if w != "null"] + ["null"]
+    words = ", ".join(expected[:-1]) + (" or " if len(expected) > 1 else "") + expected[-1]
+    return f"{key}: expected {words}" + (f", got {given!r}" if given is not None else "")
+
+
+class E3PotParser(LightningArgumentParser):
+    """The parser of ``train.py``: an error is its message in a line or two and where to find the options,
+    not the usage of every option (about 100 lines) before the message. ``full_errors``: jsonargparse's own."""
+
+    def __init__(self, *args, full_errors: bool = False, **kwargs):
+        self.full_errors = full_errors
+        super().__init__(*args, **kwargs)
+
+    def _suggestions(self, message: str) -> str:
+        """The options nearest to those an "unrecognized arguments" or "does not accept option" error names."""
+        import difflib
+
+        in_config = re.match(r"Group '([\w.]+)' does not accept option '([^']+)'", message)
+        if in_config:  # a key of a config file
+            words, prefix = [f"--{in_config.group(1)}.{in_config.group(2)}"], ""
+        elif message.startswith("unrecognized arguments:"):
+            words, prefix = [w.split("=", 1)[0] for w in message.split(":", 1)[1].split()], "--"
+        else:
+            return ""
+        known = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
+        hints = [m[2:] if not prefix else m for w in words if w.startswith("--")
+                 for m in difflib.get_close_matches(w, known, n=1, cutoff=0.8)]
+        return f" (did you mean {' and '.join(hints)}?)" if hints else ""
+
+    def error(self, message: str, ex: Optional[Exception] = None):
+        if self.full_errors or not self.exit_on_error:
+            return super().error(message, ex)
+        prog = self.prog.replace(" [options]", "")
+        sys.stderr.write(f"{prog}: error: {parse_error_line(message)}{self._suggestions(message)}\n"
+                         f"(see {prog} --help for the options and what each takes)\n")
+        self.exit(2)
 
 
 class E3PotCLI(LightningCLI):
@@ -102,7 +193,7 @@ def _format_metrics(metrics: dict) -> str:
 # of every kind (a checkpoint's hyperparameters hold those of its kind, defaults filled in).
 ARCHITECTURE = ("kind", *kinds.SETTINGS, "dtype", "e0s")
 DATA = ("train_file", "val_file", "val_fraction", "n_val", "n_train", "split_seed", "elements", "energy_key",
-        "forces_key", "stress_key", "energy_unit", "length_unit", "stress_unit", "bootstrap")
+        "forces_key", "stress_key", "energy_unit", "length_unit", "stress_unit", "bootstrap", "bootstrap_seed")
 
 
 def read_checkpoint(path: str) -> dict:
@@ -204,24 +295,11 @@ def check_finite_weights(model) -> None:
 
 
 def calibrate(model, data):
-    """The calibration of a shallow ensemble's spreads on the validation frames (:func:`fit_calibration`)."""
-    import torch
+    """The calibration of a shallow ensemble's spreads on the validation frames of ``data``
+    (:func:`e3pot.train.calibration.calibrate`, which ``e3pot export-checkpoint`` calls too)."""
+    from e3pot.train.calibration import calibrate as fit
 
-    from e3pot.data.dataset import collate_batch
-    from e3pot.model.ensemble import fit_calibration
-
-    model = model.eval()
-    device = next(model.parameters()).device
-    val = data.val_set
-    size = data.val_batch_size
-
-    def batches():
-        for start in range(0, len(val), size):
-            graph, labels, _ = collate_batch([val[k] for k in range(start, min(start + size, len(val)))])
-            yield graph.to(device=device), labels.to(device=device)
-
-    with torch.enable_grad():
-        return fit_calibration(model, batches())
+    return fit(model, data.val_set, data.val_batch_size)
 
 
 class _NoAdvertisements(logging.Filter):
@@ -262,7 +340,7 @@ def run(args: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
     debug = "--debug" in args or os.environ.get("E3POT_DEBUG", "0") not in ("", "0")
     args = [a for a in args if a != "--debug"]
     try:
-        main(args, prog)
+        main(args, prog, full_errors=debug)
     except Exception as exc:  # noqa: BLE001 - every failure gets a one-line message
         if debug:
             raise
@@ -274,8 +352,9 @@ def run(args: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
     return 0
 
 
-def main(args: Optional[List[str]] = None, prog: Optional[str] = None) -> str:
-    """Train, then write the EMA weights of the best checkpoint as a standalone model file."""
+def main(args: Optional[List[str]] = None, prog: Optional[str] = None, full_errors: bool = False) -> str:
+    """Train, then write the EMA weights of the best checkpoint as a standalone model file. ``full_errors``:
+    a command-line error prints jsonargparse's whole message and the usage."""
     tune_allocator()
     quiet_lightning()
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
@@ -290,7 +369,9 @@ def main(args: Optional[List[str]] = None, prog: Optional[str] = None) -> str:
             "gradient_clip_val": 10.0,
             "log_every_n_steps": 10,
         },
-        parser_kwargs={"description": "Train an e3pot potential.", **({"prog": prog} if prog else {})},
+        parser_class=E3PotParser,
+        parser_kwargs={"description": "Train an e3pot potential.", "full_errors": full_errors,
+                       **({"prog": prog} if prog else {})},
     )
     trainer, module, data = cli.trainer, cli.model, cli.datamodule
     resume = cli.config.get("resume")
@@ -321,17 +402,22 @@ def main(args: Optional[List[str]] = None, prog: Optional[str] = None) -> str:
         return output
     metadata = {"validation": {k: float(v) for k, v in metrics.items()}, "checkpoint": best,
                 "train_file": data.train_file}
-    calibration = None
+    fitted = None
     if module.ema.num_heads > 1:
-        calibration = calibrate(module.ema, data)
-        metadata["uncertainty"] = calibration.metadata(fitted_on=f"{len(data.val_set)} validation frames")
+        fitted = calibrate(module.ema, data)
+        metadata["uncertainty"] = fitted.metadata()
+        for warning in fitted.warnings:
+            warnings.warn(warning)
     save_model(module.ema, output, metadata=metadata)
     print(f"\nSaved model: {os.path.abspath(output)}")
     print("Validation metrics (EMA weights" + (f", best checkpoint {os.path.basename(best)}" if best else "") + "):")
     print(_format_metrics(metrics))
-    if calibration is not None:
-        print(f"Uncertainty of the {module.ema.num_heads} heads, calibrated on the validation frames: spreads x "
-              f"{calibration.energy:.3g} (energy), x {calibration.forces:.3g} (forces)")
+    if fitted is not None:
+        print(f"Uncertainty of the {module.ema.num_heads} heads, calibrated on {fitted.frames} validation frame"
+              f"{'s' if fitted.frames != 1 else ''}: spreads x {fitted.calibration.energy:.3g} (energy), "
+              f"x {fitted.calibration.forces:.3g} (forces)")
+        for warning in fitted.warnings:
+            print(f"  warning: {warning}")
     if module.skipped:
         print(f"\nSkipped {len(module.skipped)} frames in batches with a non-finite loss: {'; '.join(module.skipped[:20])}"
               + (" ..." if len(module.skipped) > 20 else ""))

@@ -18,6 +18,8 @@ from e3pot.data.io import DataError, LabelSpec, read_frames
 from e3pot.data.neighbors import SpeciesMap
 from e3pot.data.store import FrameStore, frame_columns, is_store
 
+VAL_FRACTION = 0.1  # the default share of the training file held out for validation
+
 
 class E3PotDataModule(pl.LightningDataModule):
     """Structures from ASE-readable files or rMD17-style npz, turned into graphs once, or from a store
@@ -44,19 +46,24 @@ class E3PotDataModule(pl.LightningDataModule):
             (positions, forces, cell and stress; :mod:`e3pot.data.augment`), to teach the symmetry to a
             model that does not have it built in (``model.kind: cartesian``). Validation frames stay as
             they are.
-        replay_file: frames of the starting model's own training data (fine-tuning, ``model.init_from``), read
-            with the default label options (eV, Å) or a store: a share of every training batch is drawn from them,
-            so that the model does not forget what it knew. They count with their forces only (the energies of
-            another level of theory have another reference); a tenth of them (at most 100) is held out and
-            reported as ``val_replay/*`` next to ``val/*``.
+        replay_file: frames of the starting model's own training data (fine-tuning, ``model.init_from``), a
+            structure file (not a store): a share of every training batch is drawn from them, so that the model
+            does not forget what it knew. They count with their forces only (the energies of another level of
+            theory have another reference); a tenth of them (at most 100) is held out and reported as
+            ``val_replay/*`` next to ``val/*``. Their labels are checked as the training labels are (a warning
+            when they do not look like eV and Å).
         replay_fraction: the share of each training batch drawn from ``replay_file`` (default 0.25).
+        replay_energy_unit, replay_length_unit, replay_forces_key: how to read ``replay_file`` (default: eV, Å,
+            the format's forces key). They are not taken from ``energy_unit``, ``length_unit`` and ``forces_key``:
+            the replayed frames come from another run, often in other units than the new data, so where those
+            are set to other than the defaults, the replay file's own must be given too.
         bootstrap: train on a bootstrap draw of the training frames (as many frames as there are, drawn with
             replacement, after the split and ``n_train``): members of a committee trained on different draws
             differ more, as their data differ. ``true`` seeds the draw with the run's seed (``seed_everything``),
             so that members with different seeds get different draws; an integer seeds it itself.
     """
 
-    def __init__(self, train_file: str, val_file: Optional[str] = None, val_fraction: float = 0.1,
+    def __init__(self, train_file: str, val_file: Optional[str] = None, val_fraction: float = VAL_FRACTION,
                  n_val: Optional[int] = None, n_train: Optional[int] = None, split_seed: int = 0,
                  r_max: float = 5.0, elements: Optional[List[str]] = None,
                  energy_key: Optional[str] = None, forces_key: Optional[str] = None,
@@ -64,13 +71,23 @@ class E3PotDataModule(pl.LightningDataModule):
                  stress_unit: Optional[str] = None, batch_size: int = 8, val_batch_size: Optional[int] = None,
                  num_workers: int = 0, shuffle: bool = True, augment: bool = False,
                  bootstrap: Union[bool, int] = False, replay_file: Optional[str] = None,
-                 replay_fraction: Optional[float] = None):
+                 replay_fraction: Optional[float] = None, replay_energy_unit: Optional[str] = None,
+                 replay_length_unit: Optional[str] = None, replay_forces_key: Optional[str] = None):
         super().__init__()
         self.save_hyperparameters()  # stored in checkpoints, so that a resumed run can be compared
         if val_file is None and n_val is None and not 0.0 < val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        # options of the split that another one overrides: refused rather than ignored (val_fraction only when
+        # it is not its default, which configs write out)
+        if val_file is not None and n_val is not None:
+            raise ValueError(f"data.n_val {n_val} has no effect with data.val_file (the validation frames are that "
+                             "file's); leave one of them out (data.n_val null)")
+        if val_fraction != VAL_FRACTION and (val_file is not None or n_val is not None):
+            other = "data.val_file" if val_file is not None else f"data.n_val {n_val}"
+            raise ValueError(f"data.val_fraction {val_fraction} has no effect with {other}; leave one of them out")
         for name, value, low in (("batch_size", batch_size, 1), ("val_batch_size", val_batch_size, 1),
-                                 ("n_train", n_train, 1), ("n_val", n_val, 1), ("num_workers", num_workers, 0)):
+                                 ("n_train", n_train, 1), ("n_val", n_val, 1), ("num_workers", num_workers, 0),
+                                 ("split_seed", split_seed, 0)):
             if value is not None and value < low:
                 raise ValueError(f"data.{name} must be at least {low}, got {value}")
         if not r_max > 0:
@@ -88,8 +105,15 @@ class E3PotDataModule(pl.LightningDataModule):
         if not isinstance(bootstrap, bool) and (not isinstance(bootstrap, int) or bootstrap < 0):
             raise ValueError(f"data.bootstrap must be true, false or a seed (an integer >= 0), got {bootstrap!r}")
         self.bootstrap = bootstrap
-        if replay_fraction is not None and replay_file is None:
-            raise ValueError("data.replay_fraction needs data.replay_file (the frames to replay)")
+        if bootstrap is True:  # the run's seed, set before the data module is made; recorded, so that --resume
+            # with another seed (another draw) is refused
+            self.hparams["bootstrap_seed"] = int(os.environ.get("PL_GLOBAL_SEED", "0"))
+        replay_options = {"replay_fraction": replay_fraction, "replay_energy_unit": replay_energy_unit,
+                          "replay_length_unit": replay_length_unit, "replay_forces_key": replay_forces_key}
+        given = [f"data.{name}" for name, value in replay_options.items() if value is not None]
+        if given and replay_file is None:
+            raise ValueError(f"{', '.join(given)} need{'s' if len(given) == 1 else ''} data.replay_file "
+                             "(the frames to replay)")
         if replay_file is not None:
             replay_fraction = 0.25 if replay_fraction is None else replay_fraction
             if not 0.0 < replay_fraction < 1.0:
@@ -98,11 +122,33 @@ class E3PotDataModule(pl.LightningDataModule):
                 raise ValueError(f"data.replay_fraction {replay_fraction} of data.batch_size {batch_size} leaves no "
                                  "room for new or for replayed frames; use a larger batch or another fraction")
         self.replay_file, self.replay_fraction = replay_file, replay_fraction
+        self.replay_labels = self._replay_labels(replay_energy_unit, replay_length_unit, replay_forces_key) \
+            if replay_file is not None else None
         self.replay_set = self.replay_val_set = None
         self.species_order: Optional[List[int]] = None  # a starting model's species (fine-tuning), set before setup
         self.train_set = None  # GraphDataset, or StoreDataset for a store made by `e3pot preprocess`
         self.val_set = None
         self.atomic_numbers: List[int] = []
+
+    def _replay_labels(self, energy_unit: Optional[str], length_unit: Optional[str],
+                       forces_key: Optional[str]) -> LabelSpec:
+        """How ``replay_file`` is read: its own options, eV and Å by default. A label option of the training data
+        set to other than its default, with no replay option for it, is refused: whether the replay file shares
+        it cannot be told, and a wrong guess scales every replayed force without a sign."""
+        from e3pot.data.units import energy_factor, length_factor
+
+        own = {"energy_unit": energy_unit, "length_unit": length_unit, "forces_key": forces_key}
+        differs = {"energy_unit": lambda v: energy_factor(v) != 1.0, "length_unit": lambda v: length_factor(v) != 1.0,
+                   "forces_key": lambda v: v not in (None, "forces")}
+        unsaid = [f"data.{name}={getattr(self.labels, name)!r}" for name in own
+                  if own[name] is None and differs[name](getattr(self.labels, name))]
+        if unsaid:
+            names = [f"data.replay_{name}" for name in own if own[name] is None and
+                     differs[name](getattr(self.labels, name))]
+            raise ValueError(f"data.replay_file {self.replay_file}: the training data are read with "
+                             f"{', '.join(unsaid)}, and the replayed frames, from another run, may not be: give "
+                             f"{' and '.join(names)} for the replay file too (the same value if it is)")
+        return LabelSpec(forces_key=forces_key, energy_unit=energy_unit or "eV", length_unit=length_unit or "Å")
 
     def _read(self, path: str):
         """A side of the data: ("store", store, frame indices) or ("frames", list of frames)."""
@@ -159,7 +205,7 @@ class E3PotDataModule(pl.LightningDataModule):
     def bootstrap_draw(self, n: int) -> np.ndarray:
         """The frames (indices into the ``n`` training frames) of the bootstrap draw, sorted."""
         if self.bootstrap is True:
-            seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))  # set by seed_everything
+            seed = self.hparams["bootstrap_seed"]  # set by seed_everything
         else:
             seed = int(self.bootstrap)
         return np.sort(np.random.default_rng([seed, 2]).integers(0, n, n))
@@ -229,6 +275,18 @@ class E3PotDataModule(pl.LightningDataModule):
             self.replay_set = GraphDataset([replay[k] for k in order[n_val:]], species, self.r_max,
                                            desc="replay graphs")
 
+    def validation_set(self, atomic_numbers: List[int]):
+        """The validation frames alone, as graphs for the species ``atomic_numbers`` (a trained model's): the
+        ``val_set`` of :meth:`setup`, without building the training graphs (``val_file``, or the same split of
+        ``train_file``)."""
+        val = self._read(self.val_file) if self.val_file is not None else self._split()[1]
+        unknown = sorted(self._elements(val) - set(atomic_numbers))
+        if unknown:
+            where = self.val_file if self.val_file is not None else f"the validation split of {self.train_file}"
+            raise DataError(f"{where}: element(s) {', '.join(chemical_symbols[z] for z in unknown)} not known to the "
+                            "model")
+        return self._dataset(val, SpeciesMap(list(atomic_numbers)), "validation graphs")
+
     def _check_elements(self, in_train: set, val_elements: set) -> None:
         """Every element must occur in the training frames: one seen only in validation would get an
         untrained embedding and a zero energy shift, and the model would then accept it silently."""
@@ -247,14 +305,18 @@ class E3PotDataModule(pl.LightningDataModule):
         if is_store(self.replay_file):
             raise DataError(f"{self.replay_file}: data.replay_file takes a structure file (extxyz, traj, db, npz), "
                             "not a store")
-        frames = read_frames(self.replay_file)
-        frames = [dataclasses.replace(f, energy=None, stress=None) for f in frames]
+        frames = read_frames(self.replay_file, self.replay_labels)
         missing = [f.source for f in frames if f.forces is None]
         if missing:
             raise DataError(f"{missing[0]}: a replay frame needs forces (replayed frames count with their forces only)")
         if len(frames) < 2:
             raise DataError(f"{self.replay_file}: {len(frames)} frame(s); replay needs at least 2 (one is held out)")
-        return frames
+        warning = implausible_frames(frames)  # the energies too, before they are set aside
+        if warning:
+            from pytorch_lightning.utilities import rank_zero_warn
+
+            rank_zero_warn(f"{self.replay_file}: {warning}")
+        return [dataclasses.replace(f, energy=None, stress=None) for f in frames]
 
     def source_of(self, k: int) -> str:
         """The source of training item ``k`` (replayed frames follow the training frames)."""
@@ -295,6 +357,17 @@ class E3PotDataModule(pl.LightningDataModule):
         if self.replay_val_set is None:
             return loader
         return [loader, self._loader(self.replay_val_set, self.val_batch_size, False)]
+
+
+def implausible_frames(frames) -> Optional[str]:
+    """:func:`e3pot.train.stats.implausible_units` for replayed frames (read, not made into graphs), naming the
+    replay options."""
+    from e3pot.train import stats
+
+    columns = stats.FrameColumns(frames)
+    return stats.implausible_units(columns, stats.fit_energy_shift(columns.with_energy(), columns.n_species),
+                                   stats.force_rms(columns), what="replay labels",
+                                   options=("data.replay_energy_unit", "data.replay_length_unit"))
 
 
 class _Offset(torch.utils.data.Dataset):

@@ -31,7 +31,11 @@ def check_hyperparameters(hp: dict) -> None:
     applies to the settings the kind takes."""
     rules = [("r_max", lambda v: v > 0, "be positive (Å)"), ("l_max", lambda v: v >= 0, "be at least 0"),
              ("lr", lambda v: v > 0, "be positive"), ("ema_decay", lambda v: 0 <= v < 1, "be in [0, 1)"),
-             ("refit_frames", lambda v: v >= 1, "be at least 1")]
+             ("refit_frames", lambda v: v >= 1, "be at least 1"),
+             # the scheduler's and optimiser's own errors name neither the option nor the value
+             ("lr_factor", lambda v: 0 < v < 1, "be in (0, 1) (the learning rate is multiplied by it)"),
+             ("lr_patience", lambda v: v >= 0, "be 0 or positive"), ("lr_min", lambda v: v >= 0, "be 0 or positive"),
+             ("weight_decay", lambda v: v >= 0, "be 0 or positive")]
     rules += [(name, lambda v: v >= 1, "be at least 1") for name in
               ("num_features", "num_layers", "num_basis", "radial_hidden", "heads")]
     rules += [(name, lambda v: v >= 0, "be 0 or positive") for name in
@@ -46,6 +50,28 @@ def check_hyperparameters(hp: dict) -> None:
     if hp["energy_weight"] == 0 and hp["forces_weight"] == 0 and hp["stress_weight"] == 0:
         raise ValueError("model.energy_weight, model.forces_weight and model.stress_weight are all 0: "
                          "the loss would be empty; give at least one a positive weight")
+
+
+# Options that matter only under a condition: None (not given) means this default, and a value given where it
+# has no effect is refused (check_conditional), so that it is not silently ignored.
+CONDITIONAL_DEFAULTS = {"nll_weight": 1.0, "refit_shift": True, "refit_frames": 250}
+
+
+def check_conditional(hp: dict) -> None:
+    """Refuse an option given (not None) where it does nothing, or two that contradict each other. ``hp``: the
+    training arguments as given, with the settings of the model built (``heads`` resolved; ``init_from``'s)."""
+    if hp.get("nll_weight") is not None and hp.get("heads", 1) == 1:
+        raise ValueError(f"model.nll_weight {hp['nll_weight']} has no effect with one read-out head: it weighs the "
+                         "likelihood of a shallow ensemble's spread; set model.heads above 1, or leave it out")
+    if hp.get("keep_shift") and hp.get("e0s") != "fit":
+        raise ValueError("model.keep_shift keeps the starting model's energy shifts and model.e0s sets them; "
+                         "give one of them")
+    if hp.get("keep_shift") and hp.get("refit_shift"):
+        raise ValueError("model.refit_shift true contradicts model.keep_shift, which keeps the starting model's "
+                         "energy shifts during training; give one of them")
+    if hp.get("refit_frames") is not None and hp.get("refit_shift") is False and hp.get("init_from") is None:
+        raise ValueError(f"model.refit_frames {hp['refit_frames']} has no effect with model.refit_shift false "
+                         "(it sizes the sample of the shift re-fit); leave one of them out")
 
 
 class E3PotModule(pl.LightningModule):
@@ -76,7 +102,7 @@ class E3PotModule(pl.LightningModule):
         heads: read-out heads on shared features; more than 1 makes a shallow ensemble, whose spread is its
             uncertainty (:mod:`e3pot.model.ensemble`), trained with a Gaussian negative log-likelihood of the
             energies per atom (``nll_weight``) besides the usual terms on the heads' mean. <heads>
-        nll_weight: weight of that negative log-likelihood (heads > 1 only).
+        nll_weight: weight of that negative log-likelihood (default 1; heads > 1 only, refused with one head).
         e0s: per-species energy shift: "fit" (least squares on the training energies), a
             {symbol: eV} table, or the path of a file of isolated-atom structures.
         dtype: float32 or float64 for weights and inputs.
@@ -88,14 +114,16 @@ class E3PotModule(pl.LightningModule):
             averaged weights are the ones validated and saved.
         refit_shift: before every validation, re-fit the per-species energy shifts of the averaged
             model by least squares on its training-set energy errors (at most ``refit_frames``
-            frames, a fixed random sample), so that no constant offset builds up in the energies.
+            frames, a fixed random sample; default 250), so that no constant offset builds up in the
+            energies. Default true; not with ``keep_shift``, which keeps the shifts.
         skip_nonfinite_batches: skip (and report) a training batch whose loss is NaN or infinite
             instead of stopping the run. Off by default: a non-finite loss stops training with the
             batch's frames named, and the last checkpoint stays as it was.
         init_from: a model file to start from (fine-tuning, :mod:`e3pot.train.finetune`): its architecture and
             weights; optimiser, schedule, EMA and early stopping start fresh. New elements in the data extend it.
         keep_shift: keep the starting model's per-species energy shifts (default: re-fit them to the new data
-            by least squares of its energy errors; ``e0s`` given as a table or file sets them instead).
+            by least squares of its energy errors; ``e0s`` given as a table or file sets them instead, and
+            cannot be given with ``keep_shift``).
         freeze: parameter groups that do not train (with ``init_from``): ``embedding``, ``radial``, ``layer0``
             ... ``layerN``, ``readout``.
         compile: compute the training loss and its gradients as one compiled graph
@@ -108,12 +136,12 @@ class E3PotModule(pl.LightningModule):
                  l_max: Optional[int] = None, num_features: Optional[int] = None, num_layers: Optional[int] = None,
                  num_basis: Optional[int] = None, cutoff_p: Optional[int] = None, radial_hidden: Optional[int] = None,
                  radial_layers: Optional[int] = None, parity: Optional[bool] = None,
-                 update_positions: Optional[bool] = None, heads: Optional[int] = None, nll_weight: float = 1.0,
+                 update_positions: Optional[bool] = None, heads: Optional[int] = None, nll_weight: Optional[float] = None,
                  e0s: Union[Literal["fit"], Dict[str, float], str] = "fit",
                  dtype: Literal["float32", "float64"] = "float32", energy_weight: float = 1.0,
                  forces_weight: float = 10.0, stress_weight: float = 0.0, lr: float = 0.005,
                  weight_decay: float = 0.0, lr_factor: float = 0.8, lr_patience: int = 10, lr_min: float = 1e-6,
-                 ema_decay: float = 0.99, refit_shift: bool = True, refit_frames: int = 250,
+                 ema_decay: float = 0.99, refit_shift: Optional[bool] = None, refit_frames: Optional[int] = None,
                  skip_nonfinite_batches: bool = False, compile: bool = False, init_from: Optional[str] = None,
                  keep_shift: bool = False, freeze: Optional[List[str]] = None):
         given = {name: value for name, value in locals().items() if name in kinds.SETTINGS}
@@ -134,6 +162,10 @@ class E3PotModule(pl.LightningModule):
               if name not in kinds.SETTINGS or name in settings}
         hp.update(settings)  # what is built: the kind's settings, its defaults for those not given
         hp["kind"] = kind
+        check_conditional(hp)
+        for name, default in CONDITIONAL_DEFAULTS.items():  # the hyperparameters hold the value in effect
+            if hp[name] is None:
+                hp[name] = default
         check_hyperparameters(hp)
         self.hparams.clear()
         self.save_hyperparameters(hp)
@@ -182,9 +214,10 @@ class E3PotModule(pl.LightningModule):
         else:
             shift = stats.shift_from_table(stats.read_e0s_file(hp.e0s), z)
         self.use_stress = hp.stress_weight > 0 and bool(dm.train_set.frame_columns()["has_stress"].any())
-        if hp.energy_weight == 0 and hp.forces_weight == 0 and not self.use_stress:
-            raise DataError(f"{dm.train_file}: stress_weight > 0 is the only loss term, but no training frame has "
-                            "a stress label (see data.stress_key)")
+        if hp.stress_weight > 0 and not self.use_stress:
+            raise DataError(f"{dm.train_file}: model.stress_weight is {hp.stress_weight}, but no training frame has a "
+                            "stress label (see data.stress_key); the stress term would be left out: set "
+                            "model.stress_weight 0")
         if self._start is not None:
             from pytorch_lightning.utilities import rank_zero_info
 
@@ -193,6 +226,12 @@ class E3PotModule(pl.LightningModule):
             model, summary = fine_tuned_model(hp.init_from, hp.kind, z, dm.train_set, hp.e0s, hp.keep_shift,
                                               hp.refit_frames)
             rank_zero_info(summary)
+            # the new data's units are checked as for a new model (on their own least-squares shifts: the
+            # starting model's shifts belong to its own data)
+            warning = stats.implausible_units(dm.train_set, stats.fit_energy_shift(dm.train_set, len(z)),
+                                              stats.force_rms(dm.train_set))
+            if warning:
+                rank_zero_warn(f"{dm.train_file}: {warning}")
             self.potential = model.to(self.torch_dtype)
         else:
             fitted = dict(avg_num_neighbors=stats.avg_num_neighbors(dm.train_set), energy_shift=shift.tolist(),
@@ -356,6 +395,9 @@ class E3PotModule(pl.LightningModule):
             from e3pot.model.io import dtype_name
 
             checkpoint["e3pot_model"] = {"config": dict(self.ema.config), "dtype": dtype_name(self.ema.dtype)}
+            val_set = getattr(getattr(self.trainer, "datamodule", None), "val_set", None) if self._trainer else None
+            if val_set is not None:  # export-checkpoint calibrates a shallow ensemble on these frames again
+                checkpoint["e3pot_model"]["validation"] = stats.fingerprint(val_set)
 
     # -- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self):

@@ -14,8 +14,10 @@ PLAUSIBLE_ENERGY_SPREAD = 5.0       # eV/atom, RMS of per-atom energies about th
 PLAUSIBLE_SHIFT = 1e6               # eV/atom
 
 
-def implausible_units(dataset, shift: np.ndarray, force_rms_value: float) -> Optional[str]:
-    """A warning (or None) when the training labels look like another unit than eV and Å."""
+def implausible_units(dataset, shift: np.ndarray, force_rms_value: float, what: str = "training labels",
+                      options: Sequence[str] = ("data.energy_unit", "data.length_unit")) -> Optional[str]:
+    """A warning (or None) when the labels of ``dataset`` (``what``, read with the unit ``options``) look like
+    another unit than eV and Å."""
     cols = dataset.frame_columns()
     has = np.isfinite(cols["energy"])
     counts = np.asarray(cols["counts"], dtype=float)[has]
@@ -32,9 +34,39 @@ def implausible_units(dataset, shift: np.ndarray, force_rms_value: float) -> Opt
         found.append(f"the fitted per-atom energy shifts reach {float(np.max(np.abs(shift))):.4g} eV")
     if not found:
         return None
-    return ("the training labels do not look like eV and Å: " + "; ".join(found) + ". If the file's energies "
-            "are in meV, kcal/mol, kJ/mol or Hartree, set data.energy_unit (and data.length_unit for positions "
+    return (f"the {what} do not look like eV and Å: " + "; ".join(found) + ". If the file's energies "
+            f"are in meV, kcal/mol, kJ/mol or Hartree, set {options[0]} (and {options[1]} for positions "
             "in Bohr or nm)")
+
+
+class FrameColumns:
+    """The per-frame columns of :meth:`e3pot.data.dataset.GraphDataset.frame_columns` for frames that are not
+    made into graphs (no edge counts), with the species in sorted order."""
+
+    def __init__(self, frames, atomic_numbers: Optional[Sequence[int]] = None):
+        self.frames = list(frames)
+        self.atomic_numbers = sorted({int(z) for f in self.frames for z in f.numbers}) \
+            if atomic_numbers is None else list(atomic_numbers)
+        self.n_species = len(self.atomic_numbers)
+
+    def with_energy(self) -> "FrameColumns":
+        return FrameColumns([f for f in self.frames if f.energy is not None], self.atomic_numbers)
+
+    def frame_columns(self) -> Dict[str, Optional[np.ndarray]]:
+        index = {z: k for k, z in enumerate(self.atomic_numbers)}
+        frames = self.frames
+        counts = np.zeros((len(frames), self.n_species), dtype=np.int64)
+        for row, f in enumerate(frames):
+            for z in f.numbers:
+                counts[row, index[int(z)]] += 1
+        forces = [None if f.forces is None else np.asarray(f.forces, dtype=float) for f in frames]
+        return {"counts": counts, "n_atoms": np.array([f.n_atoms for f in frames], dtype=np.int64),
+                "n_edges": None,
+                "energy": np.array([np.nan if f.energy is None else float(f.energy) for f in frames]),
+                "force_sq": np.array([0.0 if x is None else float(np.square(x).sum()) for x in forces]),
+                "has_energy": np.array([f.energy is not None for f in frames], dtype=bool),
+                "has_forces": np.array([x is not None for x in forces], dtype=bool),
+                "has_stress": np.array([f.stress is not None for f in frames], dtype=bool)}
 
 
 def composition_matrix(dataset, n_species: int, indices: Optional[Sequence[int]] = None) -> np.ndarray:
@@ -129,3 +161,16 @@ def shift_correction(model, dataset, indices: Sequence[int], batch_size: int = 3
     counts = composition_matrix(dataset, len(model.energy_shift), indices).astype(float)
     delta, *_ = np.linalg.lstsq(counts, np.concatenate(residuals), rcond=None)
     return delta
+
+
+def fingerprint(dataset) -> Dict[str, float]:
+    """A summary of the frames of ``dataset`` (their number, atoms, sums of the energy labels and of the squared
+    forces) that tells whether data read again are the same frames."""
+    cols = dataset.frame_columns()
+    return {"frames": int(len(cols["n_atoms"])), "atoms": int(np.sum(cols["n_atoms"])),
+            "energy_sum": float(np.nansum(cols["energy"])), "force_sq_sum": float(np.sum(cols["force_sq"]))}
+
+
+def same_fingerprint(a: Dict[str, float], b: Dict[str, float]) -> bool:
+    return (a["frames"] == b["frames"] and a["atoms"] == b["atoms"]
+            and all(abs(a[k] - b[k]) <= 1e-9 * max(abs(a[k]), abs(b[k]), 1e-12) for k in ("energy_sum", "force_sq_sum")))
