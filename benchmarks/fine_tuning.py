@@ -127,7 +127,8 @@ def main(argv=None) -> int:
             plan += [(molecule, n, "scratch", []), (molecule, n, "fine-tuned", ["--model.init_from", pretrained])]
             if molecule == "ethanol":
                 plan.append((molecule, n, "fine-tuned + replay", ["--model.init_from", pretrained,
-                                                                    "--data.replay_file", XTB]))
+                                                                    "--data.replay_file", XTB,
+                                                                    "--data.replay_energy_unit", "eV"]))
     if "ethanol" in args.molecules:
         for freeze in args.freezes:
             plan.append(("ethanol", args.freeze_size, f"fine-tuned, freeze {freeze}",
