@@ -99,3 +99,63 @@ def test_audit_names_a_seed_out_of_range(tmp_path, capsys):
     path = save_model(make_model(), str(tmp_path / "m.pt"))
     assert e3pot_main(["audit", path, "--seed", "-1"]) == 2
     assert "e3pot audit: error: --seed must be between 0 and 4294967295, got -1" in capsys.readouterr().err
+
+
+def test_the_python_api_writes_only_what_it_is_asked_to(tmp_path, monkeypatch):
+    """The calculator, OpenMM and select, called from Python: canaries around every model and structure stay as
+    they were; the only new file is the calculator's flagged_file; nothing refused writes a byte."""
+    import numpy as np
+    from ase import units
+    from ase.build import molecule
+    from ase.md.verlet import VelocityVerlet
+
+    from e3pot.calculator import E3PotCalculator
+    from e3pot.files import OutputError
+    from e3pot.model.io import save_model
+    from e3pot.select import select_frames
+    from e3pot.testing.models import random_model
+
+    monkeypatch.chdir(tmp_path)
+    models = [save_model(random_model("e3", seed=s), f"m{s}.pt") for s in range(2)]
+    write("pool.extxyz", [molecule("CH3CH2OH") for _ in range(4)])
+    for path in models + ["pool.extxyz", "flagged.xyz"]:
+        for name in canary_names(path):
+            with open(name, "w") as fh:
+                fh.write(f"canary {name}\n")
+    before = snapshot(tmp_path)
+
+    # refused before anything is written: a member as the flagged file, a binary format, a missing folder
+    for flagged in (models[1], "flagged.traj", os.path.join("no", "flagged.xyz")):
+        with pytest.raises(OutputError):
+            E3PotCalculator(models, uncertainty_threshold=1e-9, flagged_file=flagged)
+    assert snapshot(tmp_path) == before
+
+    atoms = molecule("CH3CH2OH")
+    atoms.calc = E3PotCalculator(models, uncertainty_threshold=1e-9, flagged_file="flagged.xyz")
+    atoms.set_momenta(np.random.default_rng(0).normal(0, 0.3, (len(atoms), 3)))
+    VelocityVerlet(atoms, 0.5 * units.fs).run(2)
+
+    pool = read("pool.extxyz", ":")
+    for k, frame in enumerate(pool):
+        frame.positions += np.random.default_rng(k).normal(0, 0.05, frame.positions.shape)
+    assert len(select_frames(models, pool, 2)) == 2
+
+    openmm = pytest.importorskip("openmm")
+    pytest.importorskip("openmmml")
+    from openmm import app
+    from openmmml import MLPotential
+
+    topology = app.Topology()
+    chain = topology.addChain()
+    residue = topology.addResidue("MOL", chain)
+    for symbol in atoms.get_chemical_symbols():
+        topology.addAtom(symbol, app.Element.getBySymbol(symbol), residue)
+    system = MLPotential("e3pot", model=models).createSystem(topology)
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(atoms.positions * 0.1)
+    assert np.isfinite(context.getState(getEnergy=True).getPotentialEnergy()._value)
+
+    after = snapshot(tmp_path)
+    assert {k for k in after if k not in before} == {"flagged.xyz"}
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert len(read("flagged.xyz", ":")) == 3
