@@ -459,7 +459,7 @@ def test_options(potential, loaded, model_path, ethanol):
         MLPotential("e3pot", model="no-such-model.pt")
     with pytest.raises(TypeError, match="unknown option devic for the e3pot potential.*device, dtype"):
         MLPotential("e3pot", model=model_path, devic="cpu")
-    with pytest.raises(ValueError, match="skin must be >= 0"):
+    with pytest.raises(ValueError, match="skin must be 0 or more in Å"):
         MLPotential("e3pot", model=model_path, skin=-1.0)  # checked when the potential is made
     with pytest.raises(TypeError, match="unknown option precision"):
         potential.createSystem(topology_of(ethanol), precision="double")
