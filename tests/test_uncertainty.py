@@ -64,8 +64,9 @@ def test_committee_of_copies_has_zero_spread_and_the_model_s_results():
             np.testing.assert_allclose(atoms.get_stress(), s, rtol=0, atol=1e-14)
             # the members' stresses agree to rounding (a virial summed over edges in another order), not bitwise
             np.testing.assert_allclose(three.results["stress_std"], 0.0, rtol=0, atol=1e-15)
-        assert three.results["energy_std"] == 0.0
-        np.testing.assert_array_equal(three.results["forces_std"], np.zeros(len(atoms)))
+        # members run one after the other agree to rounding (threaded sums), not always bitwise
+        assert abs(three.results["energy_std"]) <= 1e-12
+        np.testing.assert_allclose(three.results["forces_std"], np.zeros(len(atoms)), rtol=0, atol=1e-12)
         assert "energy_std" not in one.results
 
 
